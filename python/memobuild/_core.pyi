@@ -1,0 +1,41 @@
+"""Type stubs for the Rust extension ``memobuild._core`` (see rust/py/*.rs)."""
+
+from collections.abc import Sequence
+from os import PathLike
+
+__version__: str
+
+# --- hash (rust/py/hash.rs) ---------------------------------------------------------------
+
+# (path, kind, content_digest_hex, executable, size, link_target)
+EntryTuple = tuple[str, str, str, bool, int, str | None]
+
+def hash_tree(
+    root: str | PathLike[str],
+    dockerignore: Sequence[str] | None = None,
+    gitignore: bool = False,
+    stat_cache: str | PathLike[str] | None = None,
+    include_entries: bool = False,
+) -> tuple[str, int, int, int, int, int, int, int, list[EntryTuple] | None]: ...
+
+# --- verify (rust/py/verify.rs) -------------------------------------------------------------
+
+def digest_bytes(data: bytes, algorithm: str = "sha256") -> str: ...
+def digest_file(path: str | PathLike[str], algorithm: str = "sha256") -> tuple[str, int]: ...
+def verify_bytes(data: bytes, expected: str) -> tuple[bool, str, int]: ...
+def verify_file(path: str | PathLike[str], expected: str) -> tuple[bool, str, int]: ...
+
+class Hasher:
+    def __init__(self, algorithm: str = "sha256") -> None: ...
+    def update(self, data: bytes) -> None: ...
+    def digest(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def algorithm(self) -> str: ...
+
+# --- ignore (rust/py/ignore.rs) -------------------------------------------------------------
+# (owned by the ignore work; keep in step with rust/py/ignore.rs)
+
+# --- dag (rust/py/dag.rs) -------------------------------------------------------------------
+# (owned by the dag work; keep in step with rust/py/dag.rs)

@@ -1,0 +1,135 @@
+"""One hierarchy for every error MemoBuild raises.
+
+Each error says what went wrong and where, and carries ``retryable``: whether doing the same
+thing again may succeed (a network blip) or not (a corrupt blob, a broken Dockerfile).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class MemoBuildError(Exception):
+    """Base of every MemoBuild error."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InputError(MemoBuildError):
+    """The user gave MemoBuild something it cannot use: a missing path, a bad argument."""
+
+
+class PathNotFoundError(InputError, FileNotFoundError):
+    """A path that must exist does not."""
+
+    def __init__(self, path: str | os.PathLike[str], what: str = "path") -> None:
+        self.path = os.fspath(path)
+        super().__init__(f"{self.path}: {what} does not exist")
+
+
+class NotADirectoryInputError(InputError, NotADirectoryError):
+    """A path that must be a directory is something else."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        super().__init__(f"{self.path}: not a directory")
+
+
+class UnreadablePathError(InputError, PermissionError):
+    """A file or directory MemoBuild must read cannot be read."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = os.fspath(path)
+        super().__init__(f"{self.path}: cannot read: {reason}")
+
+
+class InvalidDigestError(InputError, ValueError):
+    """A digest string is not ``sha256:<64 hex>`` or ``blake3:<64 hex>``."""
+
+    def __init__(self, digest: str, reason: str) -> None:
+        self.digest = digest
+        super().__init__(f"invalid digest {digest!r}: {reason}")
+
+
+class PatternError(InputError, ValueError):
+    """An ignore pattern (.dockerignore or gitignore) is malformed."""
+
+    def __init__(self, pattern: str, reason: str, source: str | None = None) -> None:
+        self.pattern = pattern
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}invalid pattern {pattern!r}: {reason}")
+
+
+class CASIntegrityError(MemoBuildError):
+    """Content did not hash to the digest it is stored or announced under."""
+
+    def __init__(self, expected: str, actual: str, size: int, where: str | None = None) -> None:
+        self.expected = expected
+        self.actual = actual
+        self.size = size
+        self.where = where
+        prefix = f"{where}: " if where else ""
+        super().__init__(
+            f"{prefix}content integrity check failed: expected {expected}, "
+            f"got {actual} ({size} bytes)"
+        )
+
+
+class NetworkError(MemoBuildError):
+    """A remote cache or registry could not be reached or answered badly."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class StorageError(MemoBuildError):
+    """The local store could not read or write (disk full, permissions, I/O error)."""
+
+
+class CacheCoherencyError(MemoBuildError):
+    """A cache entry refers to content that is missing or inconsistent."""
+
+
+class DockerfileParseError(InputError):
+    """A Dockerfile cannot be read; says file:line:col like a compiler does."""
+
+    def __init__(self, message: str, *, file: str | None, line: int, column: int = 0) -> None:
+        self.file = file
+        self.line = line
+        self.column = column
+        where = f"{file or 'Dockerfile'}:{line}"
+        if column:
+            where += f":{column}"
+        super().__init__(f"{where}: {message}")
+
+
+class StepFailedError(MemoBuildError):
+    """A build step ran and exited non-zero."""
+
+    def __init__(self, step: str, exit_code: int, *, where: str | None = None) -> None:
+        self.step = step
+        self.exit_code = exit_code
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}step {step!r} failed with exit code {exit_code}")
+
+
+class SandboxUnavailableError(MemoBuildError):
+    """No isolation mechanism (bubblewrap, chroot as root) can run build steps here."""
+
+
+class DagCycleError(InputError, ValueError):
+    """A dependency graph has a cycle; ``nodes`` lists the nodes on one cycle, in order."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+        path = " -> ".join(str(n) for n in [*nodes, nodes[0]]) if nodes else "?"
+        super().__init__(f"dependency cycle: {path}")

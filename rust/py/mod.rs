@@ -1,0 +1,6 @@
+//! Thin PyO3 bindings: argument conversion, GIL release, error mapping. No logic.
+
+pub mod dag;
+pub mod hash;
+pub mod ignore;
+pub mod verify;
