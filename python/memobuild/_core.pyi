@@ -7,7 +7,8 @@ __version__: str
 
 # --- hash (rust/py/hash.rs) ---------------------------------------------------------------
 
-# (path, kind, content_digest_hex, executable, size, link_target)
+# (path, kind, digest_hex, executable, size, link_target)
+# returns (digest, files, dirs, symlinks, bytes, hashed_files, cache_hits, entries)
 EntryTuple = tuple[str, str, str, bool, int, str | None]
 
 def hash_tree(
@@ -16,12 +17,13 @@ def hash_tree(
     gitignore: bool = False,
     stat_cache: str | PathLike[str] | None = None,
     include_entries: bool = False,
-) -> tuple[str, int, int, int, int, int, int, int, list[EntryTuple] | None]: ...
+) -> tuple[str, int, int, int, int, int, int, list[EntryTuple] | None]: ...
 
 # --- verify (rust/py/verify.rs) -------------------------------------------------------------
 
 def digest_bytes(data: bytes, algorithm: str = "sha256") -> str: ...
 def digest_file(path: str | PathLike[str], algorithm: str = "sha256") -> tuple[str, int]: ...
+def parse_digest(digest: str) -> tuple[str, str]: ...
 def verify_bytes(data: bytes, expected: str) -> tuple[bool, str, int]: ...
 def verify_file(path: str | PathLike[str], expected: str) -> tuple[bool, str, int]: ...
 

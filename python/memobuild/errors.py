@@ -133,3 +133,15 @@ class DagCycleError(InputError, ValueError):
         self.nodes = nodes
         path = " -> ".join(str(n) for n in [*nodes, nodes[0]]) if nodes else "?"
         super().__init__(f"dependency cycle: {path}")
+
+
+def from_os_error(err: OSError, what: str = "path") -> MemoBuildError:
+    """Turn an OSError raised by the Rust core (always with a filename) into a MemoBuildError."""
+    path = err.filename if err.filename is not None else "?"
+    if isinstance(err, FileNotFoundError):
+        return PathNotFoundError(path, what)
+    if isinstance(err, NotADirectoryError):
+        return NotADirectoryInputError(path)
+    if isinstance(err, PermissionError):
+        return UnreadablePathError(path, err.strerror or "permission denied")
+    return StorageError(f"{path}: {err.strerror or err}")
