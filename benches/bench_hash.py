@@ -108,9 +108,11 @@ def git_dir(tree) -> Path:
     marker = bench_root() / f"{tree.name}.git.done"
     if not marker.exists():
         shutil.rmtree(git_dir, ignore_errors=True)
-        git = ["git", f"--git-dir={git_dir}", f"--work-tree={tree}"]
+        git = ["git", "-c", "gc.auto=0", f"--git-dir={git_dir}", f"--work-tree={tree}"]
         subprocess.run([*git, "init", "-q"], check=True)
         subprocess.run([*git, "-c", "core.compression=0", "add", "-A"], check=True)
+        ident = ["-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+        subprocess.run([*git, *ident, "commit", "-q", "-m", "tree"], check=True)
         marker.write_text("ok\n")
     return git_dir
 

@@ -208,6 +208,8 @@ fn load_gitignore(dir: &Path, file: &Path) -> Option<Gitignore> {
 
 struct Child {
     name: Vec<u8>,
+    /// Kept so that lstat goes through the open directory (fstatat), not a full path walk.
+    entry: fs::DirEntry,
     kind: Kind,
     /// Excluded itself but walked because an exception may match beneath it.
     excluded: bool,
@@ -296,6 +298,7 @@ impl Walk<'_> {
             }
             children.push(Child {
                 name,
+                entry: item,
                 kind,
                 excluded: child_excluded,
             });
@@ -334,13 +337,13 @@ impl Walk<'_> {
         git: &GitStack,
         c: Child,
     ) -> Result<Option<Node>, HashError> {
-        let abs = dir_abs.join(OsStr::from_bytes(&c.name));
+        let abs = || dir_abs.join(OsStr::from_bytes(&c.name));
         let rel = join_rel(dir_rel, &c.name);
         let mut size = 0;
         let mut executable = false;
         let mut link_target = None;
         let digest = match c.kind {
-            Kind::Dir => match self.dir(&abs, &rel, git, c.excluded)? {
+            Kind::Dir => match self.dir(&abs(), &rel, git, c.excluded)? {
                 Some(d) => {
                     self.counters.dirs.fetch_add(1, Ordering::Relaxed);
                     d
@@ -348,7 +351,7 @@ impl Walk<'_> {
                 None => return Ok(None),
             },
             Kind::File => {
-                let meta = fs::symlink_metadata(&abs).map_err(io_err(&abs))?;
+                let meta = c.entry.metadata().map_err(|e| io_err(&abs())(e))?;
                 let key = StatKey::from_metadata(&meta);
                 size = key.size;
                 executable = meta.mode() & 0o100 != 0;
@@ -359,7 +362,8 @@ impl Walk<'_> {
                     }
                     None => {
                         self.counters.hashed.fetch_add(1, Ordering::Relaxed);
-                        hash_content(&abs, size).map_err(io_err(&abs))?
+                        let path = abs();
+                        hash_content(&path, size).map_err(io_err(&path))?
                     }
                 };
                 self.counters.files.fetch_add(1, Ordering::Relaxed);
@@ -370,7 +374,8 @@ impl Walk<'_> {
                 digest
             }
             Kind::Symlink => {
-                let target = fs::read_link(&abs).map_err(io_err(&abs))?;
+                let path = abs();
+                let target = fs::read_link(&path).map_err(io_err(&path))?;
                 link_target = Some(target.as_os_str().as_bytes().to_vec());
                 self.counters.symlinks.fetch_add(1, Ordering::Relaxed);
                 [0; 32]

@@ -6,11 +6,12 @@
 //! (both stamped by the same filesystem clock) may have been modified within the same clock tick
 //! after it was hashed, so it is not trusted and the file is read again.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+
+use rustc_hash::FxHashMap;
 
 const MAGIC: &[u8; 8] = b"MBSTAT\x00\x01";
 
@@ -46,7 +47,7 @@ struct Record {
 /// A loaded stat cache. Loading never fails: a missing, foreign or corrupt file is an empty cache.
 #[derive(Debug, Default)]
 pub struct StatCache {
-    records: HashMap<Vec<u8>, Record>,
+    records: FxHashMap<Vec<u8>, Record>,
 }
 
 impl StatCache {
@@ -69,7 +70,8 @@ impl StatCache {
             return None;
         }
         let count = r.u64()?;
-        let mut records = HashMap::with_capacity(count.min(1 << 24) as usize);
+        let mut records = FxHashMap::default();
+        records.reserve(count.min(1 << 24) as usize);
         for _ in 0..count {
             let rel = r.bytes()?.to_vec();
             let key = StatKey {

@@ -102,14 +102,24 @@ class CacheCoherencyError(MemoBuildError):
 class DockerfileParseError(InputError):
     """A Dockerfile cannot be read; says file:line:col like a compiler does."""
 
-    def __init__(self, message: str, *, file: str | None, line: int, column: int = 0) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
         self.file = file
         self.line = line
         self.column = column
-        where = f"{file or 'Dockerfile'}:{line}"
-        if column:
-            where += f":{column}"
-        super().__init__(f"{where}: {message}")
+        self.reason = message
+        where = file or ("Dockerfile" if line is not None else "")
+        if line is not None:
+            where += f":{line}"
+            if column:
+                where += f":{column}"
+        super().__init__(f"{where}: {message}" if where else message)
 
 
 class StepFailedError(MemoBuildError):

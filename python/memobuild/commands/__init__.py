@@ -1,0 +1,8 @@
+"""The subcommands of ``memobuild``: each module adds its parser and runs it."""
+
+from __future__ import annotations
+
+from memobuild.commands import hash as hash_command
+
+# Each entry has add_parser(subparsers); the parser's func default runs the command.
+COMMANDS = [hash_command]
