@@ -154,6 +154,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HashError + '_ {
     }
 }
 
+/// (relative path, stat, content digest): one row of the next stat cache.
+type StatRecord = (Vec<u8>, StatKey, [u8; 32]);
+
 #[derive(Default)]
 struct Counters {
     files: AtomicU64,
@@ -170,7 +173,7 @@ struct Walk<'a> {
     keep_stats: bool,
     keep_entries: bool,
     counters: Counters,
-    stats: Mutex<Vec<(Vec<u8>, StatKey, [u8; 32])>>,
+    stats: Mutex<Vec<StatRecord>>,
     entries: Mutex<Vec<Entry>>,
 }
 

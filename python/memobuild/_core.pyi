@@ -1,6 +1,6 @@
 """Type stubs for the Rust extension ``memobuild._core`` (see rust/py/*.rs)."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from os import PathLike
 
 __version__: str
@@ -40,4 +40,11 @@ class Hasher:
 # (owned by the ignore work; keep in step with rust/py/ignore.rs)
 
 # --- dag (rust/py/dag.rs) -------------------------------------------------------------------
-# (owned by the dag work; keep in step with rust/py/dag.rs)
+
+class CycleError(ValueError):
+    """The graph has a cycle; ``args[0]`` lists the nodes on one cycle, in edge order."""
+
+def dag_levels(n: int, edges: Sequence[Sequence[int]] | bytes) -> list[list[int]]: ...
+def dag_affected(
+    n: int, edges: Sequence[Sequence[int]] | bytes, changed: Iterable[int]
+) -> list[int]: ...
