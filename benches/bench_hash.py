@@ -13,9 +13,9 @@ from pathlib import Path
 
 import blake3
 import pytest
-from treegen import bench_root, ensure_tree, file_count, file_list
 
 from memobuild.hashing import hash_tree
+from treegen import bench_root, ensure_tree, file_count, file_list
 
 ROUNDS = 5
 B3SUM_P2 = "find . -type f -print0 | xargs -0 -P2 {b3sum} --num-threads 1 > /dev/null"

@@ -284,8 +284,7 @@ impl Walk<'_> {
                 Filter::All => {}
                 Filter::Docker(d) => {
                     if d.matches(&join_rel(rel, &name)) {
-                        if kind == Kind::Dir
-                            && d.dir_may_contain_exceptions(&join_rel(rel, &name))
+                        if kind == Kind::Dir && d.dir_may_contain_exceptions(&join_rel(rel, &name))
                         {
                             child_excluded = true;
                         } else {

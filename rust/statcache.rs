@@ -65,7 +65,10 @@ impl StatCache {
         let written = StatKey::from_metadata(&file.metadata().ok()?).mtime_ns;
         let mut data = Vec::new();
         file.read_to_end(&mut data).ok()?;
-        let mut r = Reader { data: &data, pos: 0 };
+        let mut r = Reader {
+            data: &data,
+            pos: 0,
+        };
         if r.take(MAGIC.len())? != MAGIC || r.bytes()? != root {
             return None;
         }

@@ -73,9 +73,8 @@ impl Digest {
         let (algo, hex_part) = text
             .split_once(':')
             .ok_or_else(|| DigestError::new(text, "expected <algorithm>:<hex>"))?;
-        let algorithm = Algorithm::parse(algo).map_err(|_| {
-            DigestError::new(text, "unknown algorithm (expected sha256 or blake3)")
-        })?;
+        let algorithm = Algorithm::parse(algo)
+            .map_err(|_| DigestError::new(text, "unknown algorithm (expected sha256 or blake3)"))?;
         if hex_part.len() != 64 {
             return Err(DigestError::new(
                 text,
@@ -244,7 +243,10 @@ mod tests {
 
     #[test]
     fn parse_round_trips_and_rejects_garbage() {
-        assert_eq!(Digest::parse(EMPTY_SHA256).unwrap().to_string(), EMPTY_SHA256);
+        assert_eq!(
+            Digest::parse(EMPTY_SHA256).unwrap().to_string(),
+            EMPTY_SHA256
+        );
         for bad in [
             "",
             "sha256",
@@ -261,7 +263,13 @@ mod tests {
     #[test]
     fn file_digest_matches_bytes_digest_for_small_and_large_files() {
         let dir = tempfile::tempdir().unwrap();
-        for size in [0usize, 1, CHUNK - 1, CHUNK + 7, BLAKE3_PARALLEL_MIN as usize + 3] {
+        for size in [
+            0usize,
+            1,
+            CHUNK - 1,
+            CHUNK + 7,
+            BLAKE3_PARALLEL_MIN as usize + 3,
+        ] {
             let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
             let p = dir.path().join(format!("f{size}"));
             File::create(&p).unwrap().write_all(&data).unwrap();

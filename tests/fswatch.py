@@ -31,6 +31,9 @@ class OpenWatcher:
                 dirnames[:] = [d for d in dirnames if not Path(dirpath, d).is_symlink()]
         self.opened_files: list[Path] = []
         self.opened_dirs: list[Path] = []
+        self.collect()  # the walk above opened directories too: start from a clean slate
+        self.opened_files.clear()
+        self.opened_dirs.clear()
 
     def _watch(self, path: Path) -> None:
         wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), IN_OPEN)

@@ -76,12 +76,16 @@ def test_dockerignore_and_gitignore_are_exclusive(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("hash", "/nonexistent/ctx"), "memobuild: error: /nonexistent/ctx: directory does not exist"),
+        (
+            ("hash", "/nonexistent/ctx"),
+            "memobuild: error: /nonexistent/ctx: directory does not exist",
+        ),
         (("hash", "{file}"), "memobuild: error: {file}: not a directory"),
-        (("hash", "{dir}", "--dockerignore", "/nonexistent/.dockerignore"),
-         "memobuild: error: /nonexistent/.dockerignore: .dockerignore file does not exist"),
-        (("hash", "{dir}", "--dockerignore", "{bad}"),
-         "memobuild: error: invalid pattern '[z-': "),
+        (
+            ("hash", "{dir}", "--dockerignore", "/nonexistent/.dockerignore"),
+            "memobuild: error: /nonexistent/.dockerignore: .dockerignore file does not exist",
+        ),
+        (("hash", "{dir}", "--dockerignore", "{bad}"), "memobuild: error: invalid pattern '[z-': "),
     ],
 )
 def test_errors_are_one_clear_line(tmp_path: Path, args, message) -> None:

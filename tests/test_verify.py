@@ -9,8 +9,20 @@ from pathlib import Path
 import blake3
 import pytest
 
-from memobuild.errors import CASIntegrityError, InvalidDigestError, MemoBuildError, PathNotFoundError
-from memobuild.verify import Hasher, digest_bytes, digest_file, parse_digest, verify_bytes, verify_file
+from memobuild.errors import (
+    CASIntegrityError,
+    InvalidDigestError,
+    MemoBuildError,
+    PathNotFoundError,
+)
+from memobuild.verify import (
+    Hasher,
+    digest_bytes,
+    digest_file,
+    parse_digest,
+    verify_bytes,
+    verify_file,
+)
 
 DATA = b"memobuild" * 1000
 

@@ -106,4 +106,3 @@ def hash_tree(
             for p, kind, d, x, n, t in raw
         )
     return TreeDigest(digest, files, dirs, links, size, hashed, hits, entries)
-

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 from loguru import logger
@@ -23,7 +24,7 @@ _TEXT_FORMAT = "<level>{level: <7}</level> {message}"
 __all__ = ["configure_logging", "logger"]
 
 
-def _json_sink(stream: TextIO) -> object:
+def _json_sink(stream: TextIO) -> Callable[[Message], None]:
     def write(message: Message) -> None:
         record = message.record
         line = {
@@ -58,7 +59,7 @@ def configure_logging(
     logger.remove()
     try:
         if json_logs:
-            logger.add(_json_sink(out), level=level, format="{message}")  # type: ignore[arg-type]
+            logger.add(_json_sink(out), level=level, format="{message}")
         else:
             logger.add(out, level=level, format=_TEXT_FORMAT, colorize=out.isatty())
     except ValueError as err:

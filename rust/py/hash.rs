@@ -15,7 +15,16 @@ use crate::ignore::DockerIgnore;
 
 /// (path, kind, digest hex, executable, size, link target)
 type EntryTuple = (OsString, &'static str, String, bool, u64, Option<OsString>);
-type TreeTuple = (String, u64, u64, u64, u64, u64, u64, Option<Vec<EntryTuple>>);
+type TreeTuple = (
+    String,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    Option<Vec<EntryTuple>>,
+);
 
 pub(crate) fn hash_error(e: HashError) -> PyErr {
     match e {
@@ -31,7 +40,12 @@ pub(crate) fn hash_error(e: HashError) -> PyErr {
 
 pub(crate) fn io_error(path: PathBuf, e: std::io::Error) -> PyErr {
     let errno = e.raw_os_error().unwrap_or(0);
+    // Python's strerror has no "(os error N)" suffix; neither should ours.
     let msg = e.to_string();
+    let msg = match msg.rfind(" (os error ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    };
     let args = (errno, msg, path.into_os_string());
     match e.kind() {
         ErrorKind::NotFound => PyFileNotFoundError::new_err(args),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from memobuild.commands import hash as hash_command
+from memobuild.commands import parse as parse_command
 
 # Each entry has add_parser(subparsers); the parser's func default runs the command.
-COMMANDS = [hash_command]
+COMMANDS = [hash_command, parse_command]

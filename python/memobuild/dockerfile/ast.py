@@ -39,6 +39,16 @@ class Node:
     ``original`` is the instruction's text with continuations joined as BuildKit keeps it;
     ``start_line`` and ``end_line`` are 1-based and inclusive (heredoc bodies included);
     ``inner`` is the nested instruction of ONBUILD.
+
+    How BuildKit splits ``args``: RUN/CMD/ENTRYPOINT/SHELL in shell form, and USER, WORKDIR,
+    STOPSIGNAL, MAINTAINER, hold one string (the rest of the line); exec form holds the JSON
+    array's strings. ADD/COPY/VOLUME/FROM/EXPOSE hold whitespace-separated words, quotes kept.
+    ENV and LABEL hold (name, value, separator) triples, the separator being ``"="`` or ``""``
+    for the legacy ``ENV name value`` form; values keep their quotes and escapes. ARG holds one
+    word per declaration (``name`` or ``name=value``). HEALTHCHECK holds the type (``CMD``,
+    ``NONE``) then the command as CMD would. ONBUILD's args are empty: its trigger is ``inner``,
+    and a trigger's heredocs are on both the ONBUILD node (where BuildKit keeps them) and
+    ``inner``.
     """
 
     keyword: str
@@ -58,6 +68,7 @@ class Dockerfile:
 
     nodes: tuple[Node, ...]
     escape: str = "\\"
-    directives: dict[str, str] = field(default_factory=dict)  # syntax, escape, check (lower-case keys)
+    # The parser directives (syntax, escape, check), keyed by lower-case name.
+    directives: dict[str, str] = field(default_factory=dict)
     warnings: tuple[ParseWarning, ...] = ()
     filename: str | None = None
