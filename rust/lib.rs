@@ -7,6 +7,7 @@
 pub mod dag;
 pub mod hash;
 pub mod ignore;
+pub mod select;
 pub mod statcache;
 pub mod verify;
 
@@ -21,5 +22,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::ignore::register(m)?;
     py::verify::register(m)?;
     py::dag::register(m)?;
+    py::select::register(m)?;
     Ok(())
 }

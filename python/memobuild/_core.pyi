@@ -64,3 +64,46 @@ def dag_levels(n: int, edges: Sequence[Sequence[int]] | bytes) -> list[list[int]
 def dag_affected(
     n: int, edges: Sequence[Sequence[int]] | bytes, changed: Iterable[int]
 ) -> list[int]: ...
+
+# --- select (rust/py/select.rs) -------------------------------------------------------------
+# select/diff raise FileNotFoundError (a path not in the context), OSError (ELOOP: a symlink
+# loop) and ValueError(pattern, reason) (a malformed wildcard or --exclude pattern).
+
+class ContextIndex:
+    @staticmethod
+    def hash(
+        root: str | PathLike[str],
+        dockerignore: Sequence[str] | None = None,
+        stat_cache: str | PathLike[str] | None = None,
+    ) -> ContextIndex: ...
+    @staticmethod
+    def from_listing(data: bytes) -> ContextIndex: ...
+    def listing(self) -> bytes: ...
+    # (digest, [(matched path, kind)], regular files covered)
+    def select(
+        self, source: str, exclude: Sequence[str] = (), wildcards: bool = True
+    ) -> tuple[str, list[tuple[str, str]], int]: ...
+    # ([(path, "added" | "removed" | "modified")] up to limit, total changes)
+    def diff(
+        self,
+        new: ContextIndex,
+        source: str,
+        exclude: Sequence[str] = (),
+        wildcards: bool = True,
+        limit: int = 20,
+    ) -> tuple[list[tuple[str, str]], int]: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def files(self) -> int: ...
+    @property
+    def dirs(self) -> int: ...
+    @property
+    def symlinks(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def hashed_files(self) -> int: ...
+    @property
+    def cache_hits(self) -> int: ...
+    def __len__(self) -> int: ...

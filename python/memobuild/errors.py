@@ -99,6 +99,36 @@ class CacheCoherencyError(MemoBuildError):
     """A cache entry refers to content that is missing or inconsistent."""
 
 
+class BlobNotFoundError(StorageError):
+    """A blob asked for by digest is not in the local store."""
+
+    def __init__(self, digest: str, path: str | os.PathLike[str]) -> None:
+        self.digest = digest
+        self.path = os.fspath(path)
+        super().__init__(f"{self.path}: blob {digest} is not in the cache")
+
+
+class CorruptEntryError(StorageError):
+    """A stored action entry or record cannot be decoded or fails its checksum."""
+
+    def __init__(self, where: str | os.PathLike[str], reason: str) -> None:
+        self.where = os.fspath(where)
+        self.reason = reason
+        super().__init__(f"{self.where}: corrupt cache entry: {reason}")
+
+
+class UnsupportedEntryError(StorageError):
+    """A stored entry was written by a MemoBuild with another schema: not corrupt, not usable."""
+
+    def __init__(self, where: str | os.PathLike[str], found: object, supported: object) -> None:
+        self.where = os.fspath(where)
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            f"{self.where}: cache entry has format {found!r}; this MemoBuild reads {supported!r}"
+        )
+
+
 class DockerfileParseError(InputError):
     """A Dockerfile cannot be read; says file:line:col like a compiler does."""
 

@@ -3,4 +3,5 @@
 pub mod dag;
 pub mod hash;
 pub mod ignore;
+pub mod select;
 pub mod verify;

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from memobuild.commands import cache as cache_command
 from memobuild.commands import hash as hash_command
 from memobuild.commands import parse as parse_command
+from memobuild.commands import plan as plan_command
 
 # Each entry has add_parser(subparsers); the parser's func default runs the command.
-COMMANDS = [hash_command, parse_command]
+COMMANDS = [cache_command, hash_command, parse_command, plan_command]

@@ -192,8 +192,8 @@ _ASCII_BLANKS = "\t\n\v\f\r "
 # Go's unicode.IsSpace applied to single bytes, as extractBuilderFlags does: ASCII blanks plus
 # 0x85 and 0xA0, which in UTF-8 text only ever occur inside a multi-byte character.
 _BYTE_SPACES = frozenset(b"\t\n\v\f\r \x85\xa0")
-_RE_ASCII_WORD = re.compile(r"[^\t\n\v\f\r ]+")
-_RE_FLAG_SPECIAL = re.compile(r"['\"]")
+# Leading flags made of printable ASCII without quotes, backslashes or backticks.
+_RE_PLAIN_FLAGS = re.compile(r"(?:--[!#-&(-\[\]-_a-~]*(?:[\t\v\f\r ]+|\Z))+")
 
 
 def _extract_builder_flags(line: str, escape: str) -> tuple[str, list[str]]:
@@ -210,18 +210,12 @@ def _extract_builder_flags(line: str, escape: str) -> tuple[str, list[str]]:
     if not stripped.startswith("--"):
         return stripped, []
     # Fast path: ASCII flags without quotes or escapes are just blank-separated words.
-    flags: list[str] = []
-    for m in _RE_ASCII_WORD.finditer(line):
-        candidate = m.group()
-        if not candidate.startswith("--"):
-            return line[m.start() :], flags
-        if candidate == "--":
-            return line[m.end() :], flags
-        if not candidate.isascii() or _RE_FLAG_SPECIAL.search(candidate) or escape in candidate:
-            break  # quotes, escapes or non-ASCII bytes: take the exact path
-        flags.append(candidate)
-    else:
-        return "", flags
+    m = _RE_PLAIN_FLAGS.match(stripped)
+    if m is not None:
+        after = stripped[m.end() :]
+        flags = m.group().split()
+        if not after.startswith("-") and "--" not in flags and escape not in m.group():
+            return after, flags
     data = line.encode("utf-8", "surrogatepass")
     esc = ord(escape)
     words: list[str] = []
@@ -915,16 +909,9 @@ class _Parser:
             lines.pop()
         self.lines = lines
         self.has_final_newline = text.endswith("\n")
-        self.pos = 0  # lines consumed so far == the 1-based number of the last line read
 
     def error(self, message: str, line: int, column: int | None = None) -> DockerfileParseError:
         return DockerfileParseError(message, file=self.filename, line=line, column=column)
-
-    def _raw_with_newline(self, index: int) -> str:
-        raw = self.lines[index]
-        if index < len(self.lines) - 1 or self.has_final_newline:
-            return raw + "\n"
-        return raw
 
     def run(self, validate: bool) -> Dockerfile:
         lines = self.lines
@@ -938,11 +925,12 @@ class _Parser:
         warnings: list[ParseWarning] = []
         check = _CheckConfig()
         trim = self._trim_continuation
+        append = nodes.append
+        i = 0  # lines read so far, which is also the 1-based number of the last one read
 
-        while self.pos < total:
-            raw = lines[self.pos]
-            self.pos += 1
-            start = self.pos
+        while i < total:
+            raw = lines[i]
+            i += 1
             token = raw.lstrip(GO_SPACES)
             if not directives.done:
                 try:
@@ -958,9 +946,10 @@ class _Parser:
                         check = _parse_check(directives.values["check"])
                 except _LineError as err:
                     column = len(raw) - len(token) + err.column if err.column else None
-                    raise self.error(err.message, start, column) from None
+                    raise self.error(err.message, i, column) from None
             if not token or token[0] == "#":
                 continue  # blank line or comment
+            start = i
             if token[-1] == "\r":
                 token = token.rstrip("\r\n")
             last = token[-1]
@@ -968,15 +957,15 @@ class _Parser:
                 line, more = trim(token, escape, cont)
             else:
                 line, more = token, False  # the common case: no continuation
-            empty_continuation = 0
             if more:
                 pieces = [line]
-                while more and self.pos < total:
-                    piece = lines[self.pos].rstrip("\r\n")
-                    self.pos += 1
+                empty_continuation = 0
+                while more and i < total:
+                    piece = lines[i].rstrip("\r\n")
+                    i += 1
                     stripped = piece.lstrip(GO_SPACES)
                     if not stripped:
-                        empty_continuation = empty_continuation or self.pos
+                        empty_continuation = empty_continuation or i
                         continue
                     if stripped[0] == "#":
                         continue  # a comment inside a continuation is dropped
@@ -993,18 +982,18 @@ class _Parser:
                     )
 
             try:
-                node = _node_from_line(line, escape, start, self.pos)
+                node = _node_from_line(line, escape, start, i)
                 if "<<" in line and _can_contain_heredoc(node):
-                    heredocs = self._read_heredocs(_heredocs_from_line(line))
+                    heredocs, i = self._read_heredocs(_heredocs_from_line(line), i)
                     if heredocs:
-                        node = _with_heredocs(node, heredocs, self.pos)
+                        node = _with_heredocs(node, heredocs, i)
                 if validate:
                     _check_instruction(node)
             except _UnknownInstruction as err:
                 raise self.error(err.message, start, len(raw) - len(token) + 1) from None
             except _LineError as err:
                 raise self.error(err.message, start, err.column) from None
-            nodes.append(node)
+            append(node)
 
         if not nodes:
             raise self.error("file with no instructions", max(total, 1))
@@ -1034,24 +1023,26 @@ class _Parser:
             return piece, False
         return piece[: m.start()] + (m.group(1) or ""), True
 
-    def _read_heredocs(self, docs: list[Heredoc]) -> tuple[Heredoc, ...]:
-        """Read each heredoc's body, in order, from the lines after the instruction."""
+    def _read_heredocs(self, docs: list[Heredoc], i: int) -> tuple[tuple[Heredoc, ...], int]:
+        """Read each heredoc's body, in order, from line index ``i``; return them and the next
+        line index."""
         out = []
         lines = self.lines
+        total = len(lines)
         for doc in docs:
             body: list[str] = []
             terminated = False
-            while self.pos < len(lines):
-                raw = lines[self.pos]
-                body_line = self._raw_with_newline(self.pos)
-                self.pos += 1
+            while i < total:
+                raw = lines[i]
+                i += 1
                 candidate = raw.rstrip("\r\n")
                 if doc.chomp:
                     candidate = candidate.lstrip("\t")
                 if candidate == doc.name:
                     terminated = True
                     break
-                body.append(body_line)
+                # The body keeps its line endings, as BuildKit's scanner returns them.
+                body.append(raw + "\n" if i < total or self.has_final_newline else raw)
             if not terminated:
                 dash = "-" if doc.chomp else ""
                 raise _LineError(
@@ -1061,13 +1052,5 @@ class _Parser:
             content = "".join(body)
             if doc.chomp:
                 content = _RE_LEADING_TABS.sub("", content)
-            out.append(
-                Heredoc(
-                    name=doc.name,
-                    content=content,
-                    expand=doc.expand,
-                    chomp=doc.chomp,
-                    file_descriptor=doc.file_descriptor,
-                )
-            )
-        return tuple(out)
+            out.append(dataclasses.replace(doc, content=content))
+        return tuple(out), i
