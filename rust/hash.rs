@@ -173,7 +173,8 @@ struct Walk<'a> {
     keep_stats: bool,
     keep_entries: bool,
     counters: Counters,
-    stats: Mutex<Vec<StatRecord>>,
+    /// Files hashed in this run, for the next stat cache (hits are marked in the cache itself).
+    fresh: Mutex<Vec<StatRecord>>,
     entries: Mutex<Vec<Entry>>,
 }
 
@@ -365,14 +366,15 @@ impl Walk<'_> {
                     None => {
                         self.counters.hashed.fetch_add(1, Ordering::Relaxed);
                         let path = abs();
-                        hash_content(&path, size).map_err(io_err(&path))?
+                        let d = hash_content(&path, size).map_err(io_err(&path))?;
+                        if self.keep_stats {
+                            lock(&self.fresh).push((rel.clone(), key, d));
+                        }
+                        d
                     }
                 };
                 self.counters.files.fetch_add(1, Ordering::Relaxed);
                 self.counters.bytes.fetch_add(size, Ordering::Relaxed);
-                if self.keep_stats {
-                    lock(&self.stats).push((rel.clone(), key, digest));
-                }
                 digest
             }
             Kind::Symlink => {
@@ -433,7 +435,7 @@ pub fn hash_tree(root: &Path, opts: &Options) -> Result<TreeHash, HashError> {
         keep_stats: opts.stat_cache.is_some(),
         keep_entries: opts.include_entries,
         counters: Counters::default(),
-        stats: Mutex::new(Vec::new()),
+        fresh: Mutex::new(Vec::new()),
         entries: Mutex::new(Vec::new()),
     };
     let mut git = GitStack::default();
@@ -448,14 +450,16 @@ pub fn hash_tree(root: &Path, opts: &Options) -> Result<TreeHash, HashError> {
     let c = &walk.counters;
     let hashed_files = c.hashed.load(Ordering::Relaxed);
     if let Some(path) = &opts.stat_cache {
-        let stats = walk.stats.into_inner().unwrap_or_else(|e| e.into_inner());
-        if hashed_files > 0 || stats.len() != cache.len() {
+        let fresh = walk.fresh.into_inner().unwrap_or_else(|e| e.into_inner());
+        let seen = c.hits.load(Ordering::Relaxed) as usize;
+        // Rewrite only when something changed: a file was (re)hashed or one went away.
+        if !fresh.is_empty() || seen != cache.len() {
+            let rows: Vec<(&[u8], StatKey, [u8; 32])> = cache
+                .seen()
+                .chain(fresh.iter().map(|(p, k, d)| (p.as_slice(), *k, *d)))
+                .collect();
             // The stat cache is an optimisation: failing to write it never fails the hash.
-            let _ = StatCache::save(
-                path,
-                root_key,
-                stats.iter().map(|(p, k, d)| (p.as_slice(), *k, *d)),
-            );
+            let _ = StatCache::save(path, root_key, rows.into_iter());
         }
     }
     let entries = opts.include_entries.then(|| {
@@ -597,8 +601,23 @@ mod tests {
         assert_eq!((second.hashed_files, second.cache_hits), (0, 3));
         assert_eq!(first.digest, second.digest);
         fs::write(root.join("a.txt"), "ALPHA").unwrap();
+        // Let the clock tick past a.txt's mtime, or its new record would be racily clean.
+        std::thread::sleep(std::time::Duration::from_millis(50));
         let third = hash_tree(&root, &o).unwrap();
         assert_eq!(third.hashed_files, 1);
         assert_ne!(third.digest, second.digest);
+        // A deleted file leaves the cache; the survivors (hits and re-hashed) stay in it.
+        fs::remove_file(root.join("src/deep/x")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let fourth = hash_tree(&root, &o).unwrap();
+        assert_eq!((fourth.hashed_files, fourth.cache_hits), (0, 2));
+        let cache = StatCache::load(o.stat_cache.as_ref().unwrap(), &[]);
+        assert!(cache.is_empty(), "a cache is only valid for its own root");
+        let root_key = fs::canonicalize(&root).unwrap();
+        let cache = StatCache::load(
+            o.stat_cache.as_ref().unwrap(),
+            root_key.as_os_str().as_bytes(),
+        );
+        assert_eq!(cache.len(), 2);
     }
 }

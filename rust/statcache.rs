@@ -11,7 +11,11 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use rustc_hash::FxHashMap;
+use std::hash::Hasher as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use hashbrown::HashTable;
+use rustc_hash::FxHasher;
 
 const MAGIC: &[u8; 8] = b"MBSTAT\x00\x01";
 
@@ -37,17 +41,32 @@ impl StatKey {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 struct Record {
+    /// Byte range of the relative path inside `StatCache::paths`.
+    path: (u32, u32),
     key: StatKey,
     digest: [u8; 32],
     trusted: bool,
+    /// Set when a walk found the file unchanged, so the record survives into the next cache.
+    seen: AtomicBool,
 }
 
 /// A loaded stat cache. Loading never fails: a missing, foreign or corrupt file is an empty cache.
-#[derive(Debug, Default)]
+///
+/// All paths live in one buffer and the table holds indexes into `records`, so loading 100,000
+/// records makes three allocations rather than 100,000.
+#[derive(Default)]
 pub struct StatCache {
-    records: FxHashMap<Vec<u8>, Record>,
+    paths: Vec<u8>,
+    records: Vec<Record>,
+    table: HashTable<u32>,
+}
+
+fn hash_path(rel: &[u8]) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(rel);
+    h.finish()
 }
 
 impl StatCache {
@@ -72,11 +91,14 @@ impl StatCache {
         if r.take(MAGIC.len())? != MAGIC || r.bytes()? != root {
             return None;
         }
-        let count = r.u64()?;
-        let mut records = FxHashMap::default();
-        records.reserve(count.min(1 << 24) as usize);
+        let count = usize::try_from(r.u64()?).ok()?.min(1 << 24);
+        let mut cache = StatCache {
+            paths: Vec::with_capacity(data.len()),
+            records: Vec::with_capacity(count),
+            table: HashTable::with_capacity(count),
+        };
         for _ in 0..count {
-            let rel = r.bytes()?.to_vec();
+            let rel = r.bytes()?;
             let key = StatKey {
                 size: r.u64()?,
                 mtime_ns: r.u64()? as i64,
@@ -86,16 +108,22 @@ impl StatCache {
             };
             let digest: [u8; 32] = r.take(32)?.try_into().ok()?;
             let trusted = key.mtime_ns < written && key.ctime_ns < written;
-            records.insert(
-                rel,
-                Record {
-                    key,
-                    digest,
-                    trusted,
-                },
-            );
+            let start = u32::try_from(cache.paths.len()).ok()?;
+            cache.paths.extend_from_slice(rel);
+            let index = u32::try_from(cache.records.len()).ok()?;
+            cache.records.push(Record {
+                path: (start, u32::try_from(rel.len()).ok()?),
+                key,
+                digest,
+                trusted,
+                seen: AtomicBool::new(false),
+            });
+            let (records, paths) = (&cache.records, &cache.paths);
+            cache.table.insert_unique(hash_path(rel), index, |&i| {
+                hash_path(path_of(paths, &records[i as usize]))
+            });
         }
-        (r.pos == data.len()).then_some(StatCache { records })
+        (r.pos == data.len()).then_some(cache)
     }
 
     pub fn len(&self) -> usize {
@@ -106,10 +134,31 @@ impl StatCache {
         self.records.is_empty()
     }
 
-    /// The recorded digest of `rel`, if its stat is unchanged and the record is trusted.
+    fn find(&self, rel: &[u8]) -> Option<&Record> {
+        let i = self.table.find(hash_path(rel), |&i| {
+            path_of(&self.paths, &self.records[i as usize]) == rel
+        })?;
+        self.records.get(*i as usize)
+    }
+
+    /// The recorded digest of `rel`, if its stat is unchanged and the record is trusted; a hit
+    /// marks the record as seen so that `seen` carries it into the next cache.
     pub fn lookup(&self, rel: &[u8], key: &StatKey) -> Option<[u8; 32]> {
-        let rec = self.records.get(rel)?;
-        (rec.trusted && rec.key == *key).then_some(rec.digest)
+        let rec = self.find(rel)?;
+        if rec.trusted && rec.key == *key {
+            rec.seen.store(true, Ordering::Relaxed);
+            Some(rec.digest)
+        } else {
+            None
+        }
+    }
+
+    /// The records that lookups found unchanged: (path, stat, digest).
+    pub fn seen(&self) -> impl Iterator<Item = (&[u8], StatKey, [u8; 32])> + '_ {
+        self.records
+            .iter()
+            .filter(|r| r.seen.load(Ordering::Relaxed))
+            .map(|r| (path_of(&self.paths, r), r.key, r.digest))
     }
 
     /// Write a new cache for `root` atomically (temp file, fsync, rename), private to the user.
@@ -161,6 +210,11 @@ impl StatCache {
         }
         result
     }
+}
+
+fn path_of<'a>(paths: &'a [u8], r: &Record) -> &'a [u8] {
+    let (start, len) = (r.path.0 as usize, r.path.1 as usize);
+    &paths[start..start + len]
 }
 
 use std::os::unix::fs::DirBuilderExt;
