@@ -68,10 +68,11 @@ _VALID_DIRECTIVES = frozenset({"syntax", "escape", "check"})
 _MAX_ONBUILD_DEPTH = 64
 
 _RE_WHITESPACE = re.compile(r"[\t\v\f\r ]+")  # BuildKit's reWhitespace (no \n, no Unicode spaces)
-# Go's \s is [\t\n\f\r ]: no \v, unlike Python's.
-_RE_DIRECTIVE = re.compile(
-    r"#[\t\n\f\r ]*([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*\Z"
-)
+# BuildKit's `^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$`, where Go's \s is [\t\n\f\r ] (no \v,
+# unlike Python's). The value is captured greedily and its trailing blanks trimmed in code:
+# a lazy group before trailing blanks backtracks quadratically on long lines.
+_DIRECTIVE_BLANKS = "\t\n\f\r "
+_RE_DIRECTIVE = re.compile(r"#[\t\n\f\r ]*([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+)\Z")
 _RE_HEREDOC = re.compile(r"([0-9]*)<<(-?)([^<]*)\Z")
 _RE_LEADING_TABS = re.compile(r"^\t+", re.MULTILINE)
 _RE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -126,7 +127,9 @@ class _Directives:
             return None
         if key in self.values:
             raise _LineError(f"only one {key} parser directive can be used", m.start(1) + 1)
-        self.values[key] = m.group(2)
+        value = m.group(2)
+        # (.+?)\s*$ keeps one character when the value is all blanks: the last one.
+        self.values[key] = value.rstrip(_DIRECTIVE_BLANKS) or value[-1]
         return key
 
 
@@ -310,7 +313,8 @@ def _words_regexes(escape: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     e = re.escape(escape)
     blank = "[" + re.escape(GO_SPACES) + "]"
     word = rf"(?:[^{re.escape(GO_SPACES)}'\"{e}]|{e}[\s\S]|'[^']*'|\"(?:[^\"{e}]|{e}[\s\S])*\")+"
-    return re.compile(word), re.compile(rf"(?:{blank}*{word})*{blank}*\Z")
+    # Each word must be followed by blanks or the end: unambiguous, so no exponential backtracking.
+    return re.compile(word), re.compile(rf"{blank}*(?:{word}(?:{blank}+|\Z))*\Z")
 
 
 _WORDS = {"\\": _words_regexes("\\"), "`": _words_regexes("`")}
