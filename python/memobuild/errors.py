@@ -185,3 +185,99 @@ def from_os_error(err: OSError, what: str = "path") -> MemoBuildError:
     if isinstance(err, PermissionError):
         return UnreadablePathError(path, err.strerror or "permission denied")
     return StorageError(f"{path}: {err.strerror or err}")
+
+
+class ImageNotFoundError(InputError):
+    """A base image (FROM, COPY --from) is not scratch, a named build context or a local image.
+
+    Registry pulls are not implemented yet, so the message lists every way MemoBuild can find an
+    image today: a user who wrote ``FROM alpine`` needs to know what to do next, not only that
+    the lookup failed.
+    """
+
+    def __init__(self, ref: str, detail: str | None = None) -> None:
+        self.ref = ref
+        self.detail = detail
+        extra = f" ({detail})" if detail else ""
+        super().__init__(
+            f"image {ref!r} not found{extra}: pulling from registries is not supported yet; "
+            f"give it as a named build context, --build-context {ref}=oci-layout://PATH[:TAG] "
+            f"or --build-context {ref}=docker-archive://FILE (from docker save), or build it "
+            f"with memobuild and tag it with -t {ref} first (memobuild images lists the local "
+            "images)"
+        )
+
+
+class InvalidImageError(InputError):
+    """An OCI layout, docker-save archive, manifest or image config that cannot be used.
+
+    Raised for malformed or inconsistent input (a missing index.json, a config whose diff_ids do
+    not match its layers, a media type MemoBuild cannot unpack); content that does not match its
+    digest is CASIntegrityError instead, so that callers can tell corruption from a bad format.
+    """
+
+    def __init__(self, where: str | os.PathLike[str], reason: str) -> None:
+        self.where = os.fspath(where)
+        self.reason = reason
+        super().__init__(f"{self.where}: {reason}")
+
+
+class BuildStepError(StepFailedError):
+    """A build step's command exited non-zero; reads like a compiler error.
+
+    ``Dockerfile:7: step 5 RUN make failed with exit code 2``, followed by the last lines the
+    step printed, because the user's next question is always "what did it say?". ``step`` is the
+    step's label (``step 5 RUN make``), ``file``/``line`` where the instruction is, ``output``
+    those last lines. Nothing of the step was stored; every step before it was.
+    """
+
+    def __init__(
+        self,
+        step: str,
+        exit_code: int,
+        *,
+        file: str,
+        line: int,
+        output: tuple[str, ...] = (),
+    ) -> None:
+        import signal  # here, not at the top: this file's imports are shared by every module
+
+        self.step = step
+        self.exit_code = exit_code
+        self.file = file
+        self.line = line
+        self.output = tuple(output)
+        headline = f"{file}:{line}: {step} failed with exit code {exit_code}"
+        if exit_code < 0:
+            try:
+                name = signal.Signals(-exit_code).name
+            except ValueError:
+                name = f"signal {-exit_code}"
+            headline = f"{file}:{line}: {step} was killed by {name}"
+        body = "".join(f"\n  | {text}" for text in self.output)
+        MemoBuildError.__init__(self, headline + body)
+
+
+class LayerError(MemoBuildError):
+    """A layer cannot be written or applied; says which layer (or rootfs) and which entry."""
+
+    _label = "entry"
+
+    def __init__(self, where: str | os.PathLike[str], entry: str, reason: str) -> None:
+        self.where = os.fspath(where)
+        self.entry = entry
+        self.reason = reason
+        what = f"{self._label} {entry!r}: " if entry else ""
+        super().__init__(f"{self.where}: {what}{reason}")
+
+
+class LayerFormatError(LayerError):
+    """A layer tar is malformed, or a rootfs path cannot be put in a layer (a ``.wh.`` name)."""
+
+
+class LayerSecurityError(LayerError):
+    """A layer entry was refused: applying it could write outside the root (``..``, an absolute
+    path, a symlink or hard link leading out), create a device node without privileges, or
+    expand the layer past its byte or entry bound."""
+
+    _label = "refused entry"

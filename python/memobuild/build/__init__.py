@@ -1,0 +1,1 @@
+"""Running a build plan: rootfs trees, step execution (COPY/ADD, RUN), layers and images."""
