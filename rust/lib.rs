@@ -7,7 +7,9 @@
 pub mod dag;
 pub mod hash;
 pub mod ignore;
+pub mod layer;
 pub mod select;
+pub mod snapshot;
 pub mod statcache;
 pub mod verify;
 
@@ -23,5 +25,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::verify::register(m)?;
     py::dag::register(m)?;
     py::select::register(m)?;
+    py::layer::register(m)?;
     Ok(())
 }

@@ -107,3 +107,47 @@ class ContextIndex:
     @property
     def cache_hits(self) -> int: ...
     def __len__(self) -> int: ...
+
+# --- layer (rust/py/layer.rs) ---------------------------------------------------------------
+# A refused entry raises LayerSecurityError(entry, reason); a malformed layer, or a rootfs path a
+# layer cannot hold, LayerFormatError(entry, reason); I/O errors OSError with the path.
+
+class LayerSecurityError(ValueError):
+    """A layer entry was refused; ``args`` is (entry, reason)."""
+
+class LayerFormatError(ValueError):
+    """A layer is malformed or a rootfs path cannot be put in one; ``args`` is (entry, reason)."""
+
+DEFAULT_MAX_LAYER_BYTES: int
+DEFAULT_MAX_LAYER_ENTRIES: int
+
+class Snapshot:
+    @property
+    def root(self) -> PathLike[str]: ...  # a pathlib.Path, canonical
+    @property
+    def entries(self) -> int: ...
+    def __len__(self) -> int: ...
+
+def snapshot(root: str | PathLike[str]) -> Snapshot: ...
+
+# write_*_layer return (digest, diff_id, size, entries)
+def write_diff_layer(
+    root: str | PathLike[str],
+    before: Snapshot,
+    out_path: str | PathLike[str],
+    source_date_epoch: int | None = None,
+    exclude: Sequence[str | PathLike[str]] = (),
+) -> tuple[str, str, int, int]: ...
+def write_tree_layer(
+    root: str | PathLike[str],
+    out_path: str | PathLike[str],
+    source_date_epoch: int | None = None,
+) -> tuple[str, str, int, int]: ...
+
+# returns (entries, expanded bytes)
+def unpack_layer(
+    path: str | PathLike[str],
+    root: str | PathLike[str],
+    max_bytes: int = ...,
+    max_entries: int = ...,
+) -> tuple[int, int]: ...

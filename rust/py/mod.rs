@@ -3,5 +3,6 @@
 pub mod dag;
 pub mod hash;
 pub mod ignore;
+pub mod layer;
 pub mod select;
 pub mod verify;

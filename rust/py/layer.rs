@@ -1,0 +1,174 @@
+//! Bindings for `snapshot` and `layer`: stat snapshots, layer blobs, safe unpacking.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::layer::{self, LayerError, LayerInfo, Limits, WriteOptions};
+use crate::py::hash::io_error;
+use crate::snapshot as snap;
+
+create_exception!(
+    memobuild._core,
+    LayerSecurityError,
+    PyValueError,
+    "A layer entry was refused because applying it could reach outside the root or grant \
+     privileges; args are (entry, reason)."
+);
+
+create_exception!(
+    memobuild._core,
+    LayerFormatError,
+    PyValueError,
+    "A layer is malformed, or a root filesystem path cannot be put in a layer; args are \
+     (entry, reason)."
+);
+
+/// (digest, diff_id, size, entries)
+type InfoTuple = (String, String, u64, u64);
+
+fn layer_error(e: LayerError) -> PyErr {
+    match e {
+        LayerError::Io { path, source } => io_error(path, source),
+        LayerError::Refused { entry, reason } => {
+            LayerSecurityError::new_err((OsString::from_vec(entry), reason))
+        }
+        LayerError::Invalid { entry, reason } => {
+            LayerFormatError::new_err((OsString::from_vec(entry), reason))
+        }
+        LayerError::Usage(msg) => PyValueError::new_err(msg),
+    }
+}
+
+fn info_tuple(i: LayerInfo) -> InfoTuple {
+    (i.digest, i.diff_id, i.size, i.entries)
+}
+
+fn write_options(source_date_epoch: Option<i64>) -> PyResult<WriteOptions> {
+    if let Some(e) = source_date_epoch {
+        if e < 0 {
+            return Err(PyValueError::new_err(format!(
+                "source_date_epoch must not be negative, got {e}"
+            )));
+        }
+    }
+    Ok(WriteOptions { source_date_epoch })
+}
+
+/// The stat records of a root filesystem, taken before a step; opaque to Python.
+#[pyclass(name = "Snapshot", module = "memobuild._core", frozen)]
+struct PySnapshot {
+    inner: snap::Snapshot,
+}
+
+#[pymethods]
+impl PySnapshot {
+    /// The canonical path of the directory the snapshot was taken of.
+    #[getter]
+    fn root(&self) -> PathBuf {
+        self.inner.root().to_path_buf()
+    }
+
+    /// Paths recorded below the root.
+    #[getter]
+    fn entries(&self) -> u64 {
+        self.inner.entries()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.entries() as usize
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<Snapshot of {} ({} entries)>",
+            self.inner.root().display(),
+            self.inner.entries()
+        )
+    }
+}
+
+#[pyfunction]
+fn snapshot(py: Python<'_>, root: PathBuf) -> PyResult<PySnapshot> {
+    let inner = py
+        .detach(|| snap::snapshot(&root))
+        .map_err(|e| layer_error(e.into()))?;
+    Ok(PySnapshot { inner })
+}
+
+#[pyfunction]
+#[pyo3(signature = (root, before, out_path, source_date_epoch=None, exclude=Vec::new()))]
+fn write_diff_layer(
+    py: Python<'_>,
+    root: PathBuf,
+    before: &Bound<'_, PySnapshot>,
+    out_path: PathBuf,
+    source_date_epoch: Option<i64>,
+    exclude: Vec<PathBuf>,
+) -> PyResult<InfoTuple> {
+    let opts = write_options(source_date_epoch)?;
+    let exclude = exclude
+        .iter()
+        .map(|p| {
+            snap::normalize_rel(p.as_os_str().as_bytes()).map_err(|reason| {
+                PyValueError::new_err((p.clone().into_os_string(), format!("exclude {reason}")))
+            })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let before = &before.get().inner;
+    py.detach(|| layer::write_diff_layer(&root, before, &out_path, &opts, &exclude))
+        .map(info_tuple)
+        .map_err(layer_error)
+}
+
+#[pyfunction]
+#[pyo3(signature = (root, out_path, source_date_epoch=None))]
+fn write_tree_layer(
+    py: Python<'_>,
+    root: PathBuf,
+    out_path: PathBuf,
+    source_date_epoch: Option<i64>,
+) -> PyResult<InfoTuple> {
+    let opts = write_options(source_date_epoch)?;
+    py.detach(|| layer::write_tree_layer(&root, &out_path, &opts))
+        .map(info_tuple)
+        .map_err(layer_error)
+}
+
+/// Returns (entries, expanded bytes).
+#[pyfunction]
+#[pyo3(signature = (path, root, max_bytes=layer::DEFAULT_MAX_BYTES, max_entries=layer::DEFAULT_MAX_ENTRIES))]
+fn unpack_layer(
+    py: Python<'_>,
+    path: PathBuf,
+    root: PathBuf,
+    max_bytes: u64,
+    max_entries: u64,
+) -> PyResult<(u64, u64)> {
+    let limits = Limits {
+        max_bytes,
+        max_entries,
+    };
+    py.detach(|| layer::unpack_layer(&path, &root, limits))
+        .map(|s| (s.entries, s.bytes))
+        .map_err(layer_error)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add(
+        "LayerSecurityError",
+        m.py().get_type::<LayerSecurityError>(),
+    )?;
+    m.add("LayerFormatError", m.py().get_type::<LayerFormatError>())?;
+    m.add("DEFAULT_MAX_LAYER_BYTES", layer::DEFAULT_MAX_BYTES)?;
+    m.add("DEFAULT_MAX_LAYER_ENTRIES", layer::DEFAULT_MAX_ENTRIES)?;
+    m.add_class::<PySnapshot>()?;
+    m.add_function(wrap_pyfunction!(snapshot, m)?)?;
+    m.add_function(wrap_pyfunction!(write_diff_layer, m)?)?;
+    m.add_function(wrap_pyfunction!(write_tree_layer, m)?)?;
+    m.add_function(wrap_pyfunction!(unpack_layer, m)?)
+}
