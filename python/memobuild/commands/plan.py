@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memobuild.errors import DockerfileParseError, InputError
-from memobuild.plan import Plan, cache_hits, explain, plan, record_plan
+from memobuild.plan import Plan, cache_hits, explain, record_plan
 
 if TYPE_CHECKING:
     from memobuild.cache.store import LocalStore
@@ -52,8 +52,8 @@ def parse_build_args(values: Sequence[str], environ: Mapping[str, str]) -> dict[
     return out
 
 
-def _plan_from_args(args: argparse.Namespace) -> Plan:
-    dockerfile = Path(args.file).absolute() if args.file else Path(args.path) / "Dockerfile"
+def _plan_from_args(args: argparse.Namespace, store: LocalStore) -> Plan:
+    dockerfile = Path(args.file).absolute() if args.file else Path("Dockerfile")  # in PATH
     build_args = parse_build_args(args.build_arg or (), os.environ)
     platform = args.platform
     if platform is not None:
@@ -63,12 +63,20 @@ def _plan_from_args(args: argparse.Namespace) -> Plan:
             platform = str(Platform.parse(platform))
         except DockerfileParseError as err:
             raise PlatformError(f"--platform: {err.reason}") from None
-    result = plan(
+    # Base images are looked up as a build looks them up (local images, --build-context), so
+    # that the keys shown are the keys a build uses; one that cannot be found stands for itself.
+    from memobuild.build.base import BaseResolver, parse_build_context
+    from memobuild.build.planning import plan_build
+
+    resolver = BaseResolver(store, [parse_build_context(v) for v in args.build_context or ()])
+    result = plan_build(
         args.path,
         dockerfile,
+        resolver,
         target=args.target,
         build_args=build_args,
         platform=platform,
+        strict=False,
     )
     for warning in result.warnings:
         print(f"memobuild: warning: {warning}", file=sys.stderr)
@@ -171,9 +179,9 @@ def _short(text: str, limit: int = 100) -> str:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    result = _plan_from_args(args)
     store = _open_store()
     try:
+        result = _plan_from_args(args, store)
         hits = cache_hits(store, result)
         if args.record:
             record_plan(store, result)
@@ -189,9 +197,9 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    result = _plan_from_args(args)
     store = _open_store()
     try:
+        result = _plan_from_args(args, store)
         report = explain(store, result)
     finally:
         store.close()
@@ -243,6 +251,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--platform", metavar="OS/ARCH", help="the target platform (default: this machine's)"
+    )
+    p.add_argument(
+        "--build-context",
+        action="append",
+        metavar="NAME=SOURCE",
+        help="an image FROM/COPY --from can name, as for build (repeatable)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
 

@@ -3,7 +3,7 @@
 Public API::
 
     plan(context, dockerfile="Dockerfile", target=None, build_args=None, *,
-         platform=None, stat_cache=True) -> Plan
+         platform=None, stat_cache=True, resolve_image=None, identify_image=None) -> Plan
     Plan     .nodes .edges .levels .stage_levels .keys .preimages .target .platform
              .warnings .record_name .context_digest
     PlanNode .id .number .stage .stage_name .position .line .kind .text .deps .level .key
@@ -31,12 +31,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from memobuild.dockerfile.parser import parse
-from memobuild.dockerfile.stages import BuildStages, load_stages
+from memobuild.dockerfile.stages import BuildStages, ImageResolver, load_stages
 from memobuild.errors import NotADirectoryInputError, PathNotFoundError, UnreadablePathError
 from memobuild.ignore import dockerignore_path, load_dockerignore
 from memobuild.plan.explain import ExplainReport, Explanation, explain
 from memobuild.plan.graph import BuildGraph, GraphNode, build_graph
-from memobuild.plan.keys import KEY_SCHEMA, StepKey, compute_keys, key_of
+from memobuild.plan.keys import KEY_SCHEMA, ImageIdentifier, StepKey, compute_keys, key_of
 from memobuild.plan.model import Plan, PlanNode, Preimage
 from memobuild.plan.record import cache_hits, record_plan, recorded_plan
 from memobuild.plan.sources import BuildContext, SourceNotFoundError, SourceSelection
@@ -48,6 +48,7 @@ __all__ = [
     "ExplainReport",
     "Explanation",
     "GraphNode",
+    "ImageIdentifier",
     "Plan",
     "PlanNode",
     "Preimage",
@@ -73,6 +74,8 @@ def plan(
     *,
     platform: str | None = None,
     stat_cache: bool | str | os.PathLike[str] = True,
+    resolve_image: ImageResolver | None = None,
+    identify_image: ImageIdentifier | None = None,
 ) -> Plan:
     """Plan building ``target`` (default: the last stage) of ``dockerfile`` with ``context``.
 
@@ -80,7 +83,10 @@ def plan(
     resolves ``-f`` against the current directory first, as ``docker build`` does). The
     ``.dockerignore`` is ``<dockerfile>.dockerignore`` when it exists, else the context's.
     ``platform`` is the target platform (default: this machine's). ``stat_cache`` is True for the
-    default stat cache, False to read every file, or a path.
+    default stat cache, False to read every file, or a path. ``resolve_image`` gives base images'
+    configs to the front end (ENV, WORKDIR, USER, SHELL, ONBUILD) and ``identify_image`` their
+    manifest digests to the keys; a build passes both (``memobuild.build.planning``), so that
+    what a step sees of its base and which base it is are part of its key.
 
     Nothing is built or fetched and the store is not touched. Raises DockerfileParseError
     (file:line) for Dockerfile problems and sources missing from the context, and InputError
@@ -96,7 +102,13 @@ def plan(
         dockerfile_path = context_path / dockerfile_path
     shown = _shown_path(dockerfile_path)
     df = parse(_read_dockerfile(dockerfile_path, shown), filename=shown)
-    stages = load_stages(df, build_args=build_args, target_platform=platform, target=target)
+    stages = load_stages(
+        df,
+        build_args=build_args,
+        target_platform=platform,
+        target=target,
+        resolve_image=resolve_image,
+    )
     graph = build_graph(stages, target, file=shown)
     patterns = tuple(load_dockerignore(context_path, dockerfile_path))
     build_context = BuildContext(
@@ -105,7 +117,7 @@ def plan(
         ignore_file=dockerignore_path(context_path, dockerfile_path),
         stat_cache=stat_cache,
     )
-    keys = compute_keys(graph, build_context, file=shown)
+    keys = compute_keys(graph, build_context, file=shown, identify_image=identify_image)
     level = {node: number for number, ids in enumerate(graph.levels) for node in ids}
     nodes = tuple(
         _plan_node(graph, node, key, level[node.id])

@@ -13,7 +13,8 @@ Preimage layout, in order (``?`` marks entries present only when they apply):
 
 FROM
     ``parent`` (the base stage's last key) or ``image`` (the reference as written, ``scratch``
-    for none), ``kind`` = ``FROM``, ``platform``.
+    for none; ``<ref>@<manifest digest>`` when the caller identified the image, as a build does,
+    so that an image rebuilt under the same name is a miss), ``kind`` = ``FROM``, ``platform``.
 Every other step
     ``parent``: the previous step's key.
     ``kind``: the instruction keyword.
@@ -33,7 +34,8 @@ Every other step
     every ENV and every ARG declared so far that has a value (the process sees them all); for
     other instructions only the variables their expansion looked up (their results are already
     in ``instruction``; naming them lets ``explain`` say "build arg VERSION 1.2 -> 1.3").
-    ``from`` ?: COPY ``--from``: the stage's key or ``image:<ref>``.
+    ``from`` ?: COPY ``--from``: the stage's key or ``image:<ref>`` (``image:<ref>@<digest>``
+    when identified).
     ``source <src>`` ?: COPY/ADD, per source in order: the digest of exactly what it selects
     from the context (see :mod:`memobuild.plan.sources`); for an ADD of a URL or git ref,
     ``remote`` (its ``--checksum``, when given, is in ``instruction``).
@@ -80,13 +82,14 @@ from memobuild.dockerfile.instructions import (
     VolumeInstruction,
     WorkdirInstruction,
 )
-from memobuild.dockerfile.stages import Source, Step
+from memobuild.dockerfile.stages import Platform, Source, Step
 from memobuild.plan.graph import BuildGraph, GraphNode
 from memobuild.plan.model import Preimage
 from memobuild.plan.sources import BuildContext, SourceSelection, is_remote_source
 
 __all__ = [
     "KEY_SCHEMA",
+    "ImageIdentifier",
     "Preimage",
     "StepKey",
     "compute_keys",
@@ -94,6 +97,9 @@ __all__ = [
 ]
 
 KEY_SCHEMA = "memobuild.key.v1"
+
+ImageIdentifier = Callable[[str, Platform], str | None]
+"""The manifest digest of the image a reference names for a platform, or None if unknown."""
 
 
 @dataclass(frozen=True)
@@ -217,11 +223,25 @@ def _mount_fields(mount: Mount) -> dict[str, Any]:
 # Preimages
 
 
-def _source_value(source: Source, input_node: int | None, keys: Sequence[StepKey]) -> str:
+def _image_value(ref: str, platform: Platform, identify: ImageIdentifier | None) -> str:
+    """An image reference as a key sees it: ``ref@digest`` once identified."""
+    if identify is None or ref == "scratch":
+        return ref
+    digest = identify(ref, platform)
+    return ref if digest is None else f"{ref}@{digest}"
+
+
+def _source_value(
+    source: Source,
+    input_node: int | None,
+    keys: Sequence[StepKey],
+    platform: Platform,
+    identify: ImageIdentifier | None,
+) -> str:
     """What a ``--from``/``from=`` reference contributes: the stage's key, or the image."""
     if input_node is not None:
         return keys[input_node].key
-    return f"image:{source.image or 'scratch'}"
+    return f"image:{_image_value(source.image or 'scratch', platform, identify)}"
 
 
 def _environment(step: Step) -> list[tuple[str, str]]:
@@ -235,10 +255,18 @@ def _environment(step: Step) -> list[tuple[str, str]]:
     return [(f"{'arg' if name in declared else 'env'} {name}", env[name]) for name in names]
 
 
-def _from_preimage(graph: BuildGraph, node: GraphNode, keys: Sequence[StepKey]) -> Preimage:
+def _from_preimage(
+    graph: BuildGraph,
+    node: GraphNode,
+    keys: Sequence[StepKey],
+    identify: ImageIdentifier | None,
+) -> Preimage:
     stage = graph.stage(node.stage)
     parent = None if node.parent is None else keys[node.parent].key
-    base = ("image", stage.base) if parent is None else ("parent", parent)
+    if parent is None:
+        base = ("image", _image_value(stage.base, stage.platform, identify))
+    else:
+        base = ("parent", parent)
     return (base, ("kind", "FROM"), ("platform", str(stage.platform)))
 
 
@@ -250,6 +278,7 @@ def _step_preimage(
     node: GraphNode,
     keys: Sequence[StepKey],
     select: SelectFn,
+    identify: ImageIdentifier | None,
 ) -> StepKey:
     step = node.step
     if step is None or node.parent is None:
@@ -273,7 +302,12 @@ def _step_preimage(
         entries.extend((f"heredoc {c.path}", _content_digest(c.data)) for c in instruction.contents)
         from_stage = isinstance(instruction, CopyInstruction) and instruction.from_ is not None
         if from_stage:
-            tail.append(("from", _source_value(step.sources[0], node.inputs[0], keys)))
+            tail.append(
+                (
+                    "from",
+                    _source_value(step.sources[0], node.inputs[0], keys, stage.platform, identify),
+                )
+            )
         for source in instruction.sources:
             if from_stage:
                 continue  # paths inside another stage: its key covers them
@@ -293,7 +327,13 @@ def _step_preimage(
             name = f"mount {getattr(mount, 'target', None) or getattr(mount, 'id', '')}"
             entries.append((name, _json(_mount_fields(mount))))
             if isinstance(mount, (BindMount, CacheMount)) and mount.from_ is not None:
-                value = _source_value(step.sources[source_index], node.inputs[source_index], keys)
+                value = _source_value(
+                    step.sources[source_index],
+                    node.inputs[source_index],
+                    keys,
+                    stage.platform,
+                    identify,
+                )
                 source_index += 1
                 entries.append((f"{name} from", value))
             elif isinstance(mount, BindMount):
@@ -312,12 +352,18 @@ def _step_preimage(
 
 
 def compute_keys(
-    graph: BuildGraph, context: BuildContext, *, file: str | None = None
+    graph: BuildGraph,
+    context: BuildContext,
+    *,
+    file: str | None = None,
+    identify_image: ImageIdentifier | None = None,
 ) -> tuple[StepKey, ...]:
     """Every node's key, in node order (a node's inputs always come before it).
 
     The context is walked only if some step reads from it. Errors (a source not in the
-    context, a bad pattern) are DockerfileParseErrors at ``file``:line.
+    context, a bad pattern) are DockerfileParseErrors at ``file``:line. ``identify_image``
+    names the exact image behind FROM and ``--from`` image references (a build passes it; without
+    it a key names an image by its reference alone).
     """
 
     def select(
@@ -330,8 +376,8 @@ def compute_keys(
     keys: list[StepKey] = []
     for node in graph.nodes:
         if node.step is None:
-            preimage = _from_preimage(graph, node, keys)
+            preimage = _from_preimage(graph, node, keys, identify_image)
             keys.append(StepKey(key_of(preimage), preimage))
         else:
-            keys.append(_step_preimage(graph, node, keys, select))
+            keys.append(_step_preimage(graph, node, keys, select, identify_image))
     return tuple(keys)

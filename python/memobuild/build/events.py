@@ -1,0 +1,143 @@
+"""Typed build events: what a build tells its caller while it runs.
+
+The executor hands each event to an optional ``on_event`` callback. The CLI prints them as plain
+lines; ``--events FILE`` (and anything else that wants a machine-readable trace) turns them into
+JSON with :func:`event_json`. Events are plain frozen dataclasses so that a caller can match on
+their type, and every field is a str, int, float, bool or a tuple of those, so that the JSON form
+is a faithful copy.
+
+Events from stages running in parallel arrive from several threads; the executor serialises the
+calls, so a callback never runs twice at once and needs no locking of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "BuildEvent",
+    "BuildFailed",
+    "BuildFinished",
+    "BuildStarted",
+    "EventCallback",
+    "LayerBuilt",
+    "StepCached",
+    "StepExecuted",
+    "StepOutput",
+    "StepStarted",
+    "event_json",
+]
+
+
+@dataclass(frozen=True)
+class BuildStarted:
+    """The plan is made: how many steps the build has and how many the cache may answer."""
+
+    context: str
+    dockerfile: str
+    target: str
+    steps: int
+    stages: int
+    levels: int
+
+
+@dataclass(frozen=True)
+class StepCached:
+    """A step's result came from the cache: its layers were chained, nothing ran."""
+
+    step: int  # 1-based, as messages say "step N"
+    stage: str
+    text: str
+    key: str
+    layers: int
+
+
+@dataclass(frozen=True)
+class StepStarted:
+    """A step missed the cache and starts running now."""
+
+    step: int
+    stage: str
+    text: str
+    key: str
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One line a running step printed (stdout and stderr interleaved, newline stripped)."""
+
+    step: int
+    stage: str
+    line: str
+
+
+@dataclass(frozen=True)
+class LayerBuilt:
+    """A step's filesystem changes became a layer blob in the store."""
+
+    step: int
+    stage: str
+    digest: str
+    diff_id: str
+    size: int
+    entries: int
+
+
+@dataclass(frozen=True)
+class StepExecuted:
+    """A step ran to success and its result is stored under ``key``."""
+
+    step: int
+    stage: str
+    text: str
+    key: str
+    duration: float
+    layers: int
+
+
+@dataclass(frozen=True)
+class BuildFinished:
+    """The build succeeded."""
+
+    target: str
+    image_digest: str  # the manifest digest: the image's identity
+    manifest_digest: str | None  # set when the image was saved under tags
+    tags: tuple[str, ...]
+    steps: int
+    cached: int
+    executed: int
+    duration: float
+
+
+@dataclass(frozen=True)
+class BuildFailed:
+    """The build stopped; ``step`` is 0 when no single step is to blame."""
+
+    error: str
+    step: int = 0
+    exit_code: int | None = None
+
+
+BuildEvent = (
+    BuildStarted
+    | StepCached
+    | StepStarted
+    | StepOutput
+    | LayerBuilt
+    | StepExecuted
+    | BuildFinished
+    | BuildFailed
+)
+EventCallback = Callable[[BuildEvent], None]
+
+
+def event_json(event: BuildEvent) -> dict[str, Any]:
+    """The event as a JSON-ready dict: ``{"event": "StepCached", ...fields}``."""
+    body: dict[str, Any] = {"event": type(event).__name__}
+    for item in dataclasses.fields(event):
+        value = getattr(event, item.name)
+        body[item.name] = list(value) if isinstance(value, tuple) else value
+    return body

@@ -1,0 +1,690 @@
+"""The executor: runs a build plan, reusing every step the store already holds.
+
+Public API::
+
+    build(context, dockerfile="Dockerfile", *, target=None, build_args=None, tags=(),
+          build_contexts=(), secrets=(), no_cache=False, store=None, on_event=None)
+        -> BuildResult
+    BuildResult  .image .digest .manifest_digest .tags .steps .plan .duration
+                 .cached .executed .hit_rate
+    StepRecord   .step .stage .text .key .status ("cached" | "executed") .duration .layers
+
+How a build runs (DESIGN.md, "Execution"):
+
+* **Levels.** Stages run level by level (``Plan.stage_levels``); the stages of one level run in
+  parallel threads, since the heavy work (the sandboxed command, hashing, tar and gzip in Rust)
+  happens outside the GIL. A stage never starts before every stage it reads from is finished.
+  When one stage fails, the others are stopped: the flag every step checks is set and every
+  running command is killed, and the build raises the first real failure.
+* **Chains.** A stage starts as its base image's (or base stage's) layers and config. A step
+  whose key the store answers only appends the entry's layers and applies its stored config
+  change: nothing is unpacked. At the first step that misses *and* needs the filesystem, the
+  layers so far are unpacked into a scratch rootfs; from then on a miss runs on it and a hit
+  unpacks its layers on top of it. Config-only steps (ENV, CMD, ...) never need a rootfs.
+* **Storing.** A step that ran is diffed against the stat snapshot taken before it (Rust); the
+  layer blob goes into the store, then the action entry (layers, config change, preimage,
+  timings). So a failed step stores nothing, every earlier step stays stored, and the next
+  build picks up where this one stopped. Writes are atomic, so an interrupted build (Ctrl-C,
+  SIGKILL) leaves at worst an unreferenced temp file that ``cache prune`` removes.
+* **Scratch.** Rootfs trees, layer tars and unpacked sources live in one scratch directory per
+  build under the cache dir (build/rootfs.py), removed on every exit path; one left by a
+  killed build is removed by the next build.
+* **ADD of a URL without --checksum.** The plan cannot know what the URL holds, so the build
+  fetches it and refines the key with the content digest; every key downstream is refined
+  with it (the build's plan, recorded for ``explain``, carries the refined keys).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from memobuild.build.base import BaseResolver, BuildContextSpec, parse_build_context
+from memobuild.build.events import (
+    BuildEvent,
+    BuildFailed,
+    BuildFinished,
+    BuildStarted,
+    EventCallback,
+    LayerBuilt,
+    StepCached,
+    StepExecuted,
+    StepOutput,
+    StepStarted,
+)
+from memobuild.build.fetch import Fetcher
+from memobuild.build.layers import source_date_epoch_from_env, take_snapshot, write_diff_layer
+from memobuild.build.materialise import SourceTrees, materialise
+from memobuild.build.planning import plan_build
+from memobuild.build.rootfs import ScratchArea, ScratchDir, remove_tree
+from memobuild.build.sandbox import Sandbox
+from memobuild.build.secrets import SecretSource, load_secrets, parse_secret_flag
+from memobuild.build.state import HISTORY_COMMENT, StageChain, config_changes, created_by, rfc3339
+from memobuild.build.steps import StepExit, StepResources, execute_step, needs_rootfs
+from memobuild.cache.entries import ActionEntry, LayerRef
+from memobuild.cache.store import LocalStore
+from memobuild.dockerfile.instructions import AddInstruction
+from memobuild.dockerfile.stages import BuildStages, Stage
+from memobuild.errors import BuildStepError, InputError, MemoBuildError
+from memobuild.images import ImageStore
+from memobuild.logging import logger
+from memobuild.oci.image import Image, image_digest
+from memobuild.plan import Plan, PlanNode, key_of, record_plan
+from memobuild.plan.sources import is_remote_source
+
+__all__ = ["BuildResult", "StepRecord", "build"]
+
+CACHED = "cached"
+EXECUTED = "executed"
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What happened to one step: answered by the cache, or run (``status``)."""
+
+    step: int
+    stage: str
+    text: str
+    key: str
+    status: str  # CACHED or EXECUTED
+    duration: float  # seconds spent on it in this build
+    layers: tuple[LayerRef, ...]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """A finished build: the image, what each step did, and the plan it ran (refined keys).
+
+    ``digest`` is the image's manifest digest (its identity, computed whether or not it was
+    saved); ``manifest_digest`` is set when the image was saved under ``tags``.
+    """
+
+    image: Image
+    digest: str
+    manifest_digest: str | None
+    tags: tuple[str, ...]
+    steps: tuple[StepRecord, ...]
+    plan: Plan
+    duration: float
+
+    @property
+    def cached(self) -> int:
+        return sum(1 for s in self.steps if s.status == CACHED)
+
+    @property
+    def executed(self) -> int:
+        return sum(1 for s in self.steps if s.status == EXECUTED)
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cached / len(self.steps) if self.steps else 1.0
+
+    @property
+    def layer_bytes(self) -> int:
+        return sum(layer.size for layer in self.image.layers)
+
+
+class _Cancelled(Exception):
+    """A stage stopped because another one failed (or the build was interrupted)."""
+
+
+def _source_date_epoch(build_args: Mapping[str, str]) -> int | None:
+    """SOURCE_DATE_EPOCH from ``--build-arg`` (BuildKit's way), else the environment."""
+    value = build_args.get("SOURCE_DATE_EPOCH")
+    if value is None:
+        return source_date_epoch_from_env()
+    try:
+        epoch = int(value)
+    except ValueError:
+        raise InputError(
+            f"--build-arg SOURCE_DATE_EPOCH={value!r}: expected a whole number of seconds"
+        ) from None
+    if epoch < 0:
+        raise InputError(f"--build-arg SOURCE_DATE_EPOCH={value}: must not be negative")
+    return epoch
+
+
+def _located(err: MemoBuildError, file: str, node: PlanNode) -> MemoBuildError:
+    """Say which step an error happened in, keeping its type (and so its exit status)."""
+    prefix = f"{file}:{node.line}: {node.label}: "
+    if not err.message.startswith(f"{file}:"):
+        err.message = prefix + err.message
+        err.args = (err.message,)
+    return err
+
+
+class _Events:
+    """Serialises ``on_event`` calls from the stage threads."""
+
+    def __init__(self, callback: EventCallback | None) -> None:
+        self._callback = callback
+        self._lock = threading.Lock()
+
+    def __call__(self, event: BuildEvent) -> None:
+        if self._callback is None:
+            return
+        with self._lock:
+            self._callback(event)
+
+
+class _Rekeyer:
+    """Keys refined once a remote ADD source has been fetched (see the module docstring).
+
+    A refined key replaces the plan's key of that node in every later preimage that names it
+    (``parent``, ``from``, ``mount ... from``), so everything downstream is keyed by content.
+    """
+
+    def __init__(self) -> None:
+        self._map: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.nodes: dict[int, PlanNode] = {}
+
+    def refine(self, node: PlanNode, fetched: Mapping[str, str]) -> PlanNode:
+        with self._lock:
+            changed = False
+            preimage = []
+            for name, value in node.preimage:
+                if value in self._map:
+                    value, changed = self._map[value], True
+                elif name.startswith("source ") and value == "remote":
+                    digest = fetched.get(name[len("source ") :])
+                    if digest is not None:
+                        value, changed = digest, True
+                preimage.append((name, value))
+            if not changed:
+                return node
+            refined = dataclasses.replace(node, preimage=tuple(preimage), key=key_of(preimage))
+            self._map[node.key] = refined.key
+            self.nodes[node.id] = refined
+            return refined
+
+
+@dataclass
+class _StageRun:
+    """One stage while it runs: its chain and, once materialised, its working rootfs."""
+
+    stage: Stage
+    label: str
+    chain: StageChain
+    rootfs: Path | None = None
+
+
+class _Build:
+    """One build of one plan (see the module docstring)."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        store: LocalStore,
+        resolver: BaseResolver,
+        scratch: ScratchDir,
+        secrets: Mapping[str, bytes],
+        *,
+        no_cache: bool,
+        epoch: int | None,
+        emit: _Events,
+    ) -> None:
+        stages = plan.stages
+        if stages is None:  # pragma: no cover - plan() always sets it
+            raise ValueError("the plan has no stages")
+        self.plan = plan
+        self.stages: BuildStages = stages
+        self.store = store
+        self.resolver = resolver
+        self.scratch = scratch
+        self.no_cache = no_cache
+        self.epoch = epoch
+        self.emit = emit
+        self.file = _shown(plan.dockerfile)
+        self.cancel = threading.Event()
+        self.records: list[StepRecord] = []
+        self.chains: dict[int, StageChain] = {}
+        self.rekey = _Rekeyer()
+        self._lock = threading.Lock()
+        self._sandbox: Sandbox | None = None
+        self._key_locks: dict[str, threading.Lock] = {}
+        self._fresh: set[str] = set()  # keys this build stored
+        self.fetcher = Fetcher(scratch.new_dir("downloads"))
+        self.trees = SourceTrees(store, scratch, resolver, lambda i: self.chains[i].layers)
+        self.labels = {node.stage: node.stage_name for node in plan.nodes}
+        # Stages some other stage reads from (COPY --from, RUN --mount from=): their final
+        # filesystem is kept (or unpacked on demand) until the build ends.
+        self.read_from: set[int] = {
+            source.stage
+            for node in plan.nodes
+            if node.step is not None
+            for source in node.step.sources
+            if source.kind == "stage" and source.stage is not None
+        }
+        self.resources = StepResources(
+            context=plan.context,
+            context_index=plan.context_index,
+            dockerignore=plan.dockerignore,
+            proxy_env=stages.proxy_env,
+            secrets=secrets,
+            trees=self.trees,
+            sandbox=self.sandbox,
+            fetcher=self.fetcher,
+            scratch=scratch,
+            file=self.file,
+        )
+
+    # -- shared resources ------------------------------------------------------------------
+
+    def sandbox(self) -> Sandbox:
+        """The build's sandbox, made (and its kind detected) when the first RUN runs."""
+        with self._lock:
+            if self._sandbox is None:
+                sandbox = Sandbox(cache_root=self.store.root)
+                _ = sandbox.kind  # detect now: a missing sandbox fails before the step starts
+                self._sandbox = sandbox
+            return self._sandbox
+
+    def _record(self, record: StepRecord) -> None:
+        with self._lock:
+            self.records.append(record)
+
+    def _check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise _Cancelled
+
+    def abort(self) -> None:
+        """Stop every stage: no new step starts, running commands are killed."""
+        self.cancel.set()
+        with self._lock:
+            sandbox = self._sandbox
+        if sandbox is not None:
+            sandbox.kill_all()
+
+    # -- the build ---------------------------------------------------------------------------
+
+    def run(self) -> Image:
+        try:
+            for level in self.plan.stage_levels:
+                self._run_level(level)
+        finally:
+            self.fetcher.close()
+        created = None if self.epoch is None else rfc3339(self.epoch)
+        return self.chains[self.stages.target].image(created)
+
+    def _run_level(self, level: Sequence[int]) -> None:
+        if len(level) == 1:
+            self._run_stage(level[0])
+            return
+        with ThreadPoolExecutor(len(level), thread_name_prefix="memobuild-stage") as pool:
+            futures = [pool.submit(self._run_stage, index) for index in level]
+            try:
+                done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+                failed = [f for f in done if f.exception() is not None]
+                if failed:
+                    self._stop(pending)
+            except BaseException:  # Ctrl-C while waiting: stop the stages, then go
+                self._stop(futures)
+                raise
+        errors = [e for e in (f.exception() for f in futures) if e is not None]
+        # The first real failure, in stage order; _Cancelled only if every stage was stopped.
+        if errors:
+            raise min(errors, key=lambda e: isinstance(e, _Cancelled))
+
+    def _stop(self, futures: Iterable[Future[None]]) -> None:
+        """Abort, and keep killing commands until every stage has noticed (a stage that was
+        just starting a command when the first kill went out gets the next one)."""
+        pending = set(futures)
+        while pending:
+            self.abort()
+            _, pending = wait(pending, timeout=0.2)
+
+    def _nodes_of(self, stage: int) -> list[PlanNode]:
+        return sorted((n for n in self.plan.nodes if n.stage == stage), key=lambda n: n.position)
+
+    def _run_stage(self, index: int) -> None:
+        stage = self.stages.stages[index]
+        nodes = self._nodes_of(index)
+        run = _StageRun(stage, self.labels[index], self._initial_chain(stage))
+        try:
+            self._from_step(self.rekey.refine(nodes[0], {}), run)
+            for node in nodes[1:]:
+                self._check_cancel()
+                self._step(self.rekey.refine(node, self._fetch_remote(node)), run)
+            self.chains[index] = run.chain
+            if index in self.read_from and run.rootfs is not None:
+                self.trees.adopt_stage(index, run.rootfs)
+                run.rootfs = None
+        finally:
+            if run.rootfs is not None:
+                remove_tree(run.rootfs)
+
+    def _initial_chain(self, stage: Stage) -> StageChain:
+        if stage.base_stage is not None:
+            return self.chains[stage.base_stage].fork()
+        platform = stage.platform
+        if stage.is_scratch:
+            return StageChain.scratch(platform.os, platform.architecture, platform.variant or None)
+        return StageChain.from_image(self.resolver.resolve(stage.base, platform))
+
+    def _from_step(self, node: PlanNode, run: _StageRun) -> None:
+        """FROM runs nothing; its entry marks the base as seen, so plan/explain report it."""
+        started = time.monotonic()
+        if not self.no_cache and self.store.has_action(node.key):
+            status = CACHED
+            self.emit(
+                StepCached(node.number, run.label, node.text, node.key, len(run.chain.layers))
+            )
+        else:
+            status = EXECUTED
+            self.store.put_action(
+                ActionEntry(
+                    key=node.key,
+                    layers=(),
+                    config={"from": run.stage.base},
+                    preimage=node.preimage,
+                    created=time.time(),
+                )
+            )
+        duration = time.monotonic() - started
+        if status == EXECUTED:
+            self.emit(StepExecuted(node.number, run.label, node.text, node.key, duration, 0))
+        self._record(StepRecord(node.number, run.label, node.text, node.key, status, duration, ()))
+
+    def _fetch_remote(self, node: PlanNode) -> dict[str, str]:
+        """Download the remote ADD sources the plan could not key; source -> content digest."""
+        if not node.unresolved or node.step is None:
+            return {}
+        instruction = node.step.instruction
+        if not isinstance(instruction, AddInstruction):
+            return {}
+        fetched = {}
+        for source in instruction.sources:
+            if is_remote_source(source) and source in node.unresolved:
+                try:
+                    fetched[source] = self.fetcher.fetch(source).digest
+                except MemoBuildError as err:
+                    raise _located(err, self.file, node) from None
+        return fetched
+
+    def _history_time(self, created: float) -> str:
+        return rfc3339(self.epoch if self.epoch is not None else created)
+
+    def _key_lock(self, key: str) -> threading.Lock:
+        with self._lock:
+            return self._key_locks.setdefault(key, threading.Lock())
+
+    def _step(self, node: PlanNode, run: _StageRun) -> None:
+        """Hit or run one step. Two stages that reach the same key at once (a common prefix
+        of steps) do the work once: the second waits for the first, then hits."""
+        with self._key_lock(node.key):
+            self._hit_or_run(node, run)
+
+    def _hit_or_run(self, node: PlanNode, run: _StageRun) -> None:
+        started = time.monotonic()
+        use_cache = not self.no_cache or node.key in self._fresh  # --no-cache: this build's own
+        entry = self.store.get_action(node.key) if use_cache else None
+        if entry is not None:
+            try:
+                run.chain.apply(
+                    node.key, entry.layers, entry.config, self._history_time(entry.created)
+                )
+            except (ValueError, TypeError, KeyError) as err:
+                logger.warning(f"{node.label}: cached result is not usable ({err}); running it")
+                entry = None
+        if entry is not None:
+            if run.rootfs is not None:  # already materialised: bring the tree up to date
+                materialise(self.store, entry.layers, run.rootfs)
+            duration = time.monotonic() - started
+            self.emit(StepCached(node.number, run.label, node.text, node.key, len(entry.layers)))
+            self._record(
+                StepRecord(
+                    node.number, run.label, node.text, node.key, CACHED, duration, entry.layers
+                )
+            )
+            return
+        self._execute(node, run, started)
+
+    def _execute(self, node: PlanNode, run: _StageRun, started: float) -> None:
+        step = node.step
+        if step is None:  # pragma: no cover - FROM nodes go to _from_step
+            raise ValueError("FROM has nothing to execute")
+        self.emit(StepStarted(node.number, run.label, node.text, node.key))
+        changes = {
+            "config": config_changes(step, cmd_set=run.chain.cmd_set),
+            "history": {"created_by": created_by(step, node.text), "comment": HISTORY_COMMENT},
+        }
+        layers: tuple[LayerRef, ...] = ()
+        if needs_rootfs(step):
+            if run.rootfs is None:
+                run.rootfs = materialise(
+                    self.store, run.chain.layers, self.scratch.new_dir(f"{run.label}-rootfs")
+                )
+            layers = self._filesystem_step(node, run, run.rootfs)
+        self._check_cancel()
+        duration = time.monotonic() - started
+        now = time.time()
+        entry = ActionEntry(
+            key=node.key,
+            layers=layers,
+            config=changes,
+            preimage=node.preimage,
+            created=now,
+            duration=duration,
+        )
+        self.store.put_action(entry)
+        with self._lock:
+            self._fresh.add(node.key)
+        run.chain.apply(node.key, layers, changes, self._history_time(now))
+        self.emit(StepExecuted(node.number, run.label, node.text, node.key, duration, len(layers)))
+        self._record(
+            StepRecord(node.number, run.label, node.text, node.key, EXECUTED, duration, layers)
+        )
+
+    def _filesystem_step(
+        self, node: PlanNode, run: _StageRun, rootfs: Path
+    ) -> tuple[LayerRef, ...]:
+        """Run the step on the rootfs and store its diff as a layer (none if nothing changed)."""
+        step = node.step
+        assert step is not None  # noqa: S101 - checked by the caller
+        before = take_snapshot(rootfs)
+
+        def output(line: str) -> None:
+            self._check_cancel()  # raising here makes the sandbox kill the step
+            self.emit(StepOutput(node.number, run.label, line))
+
+        try:
+            mounted = execute_step(
+                step,
+                rootfs,
+                run.stage.platform,
+                self.resources,
+                stage_label=lambda i: self.labels[i],
+                output=output,
+            )
+        except StepExit as failure:
+            self._check_cancel()  # killed because another stage failed: not this step's fault
+            raise BuildStepError(
+                node.label, failure.exit_code, file=self.file, line=node.line, output=failure.tail
+            ) from None
+        except MemoBuildError as err:
+            self._check_cancel()
+            raise _located(err, self.file, node) from None
+        self._check_cancel()
+        sandbox = self._sandbox
+        exclude = (*(sandbox.mount_points() if sandbox is not None else ()), *mounted)
+        out = self.scratch.new_file(f"layer-{node.number}.tar.gz")
+        try:
+            blob = write_diff_layer(
+                rootfs, before, out, source_date_epoch=self.epoch, exclude=exclude
+            )
+            if blob.entries == 0:
+                return ()
+            self.store.put_blob_file(blob.path, blob.digest)
+        finally:
+            out.unlink(missing_ok=True)
+        self.emit(
+            LayerBuilt(node.number, run.label, blob.digest, blob.diff_id, blob.size, blob.entries)
+        )
+        return (LayerRef(blob.digest, blob.diff_id, blob.size),)
+
+    def refined_plan(self) -> Plan:
+        """The plan with the keys this build refined (what record_plan should keep)."""
+        if not self.rekey.nodes:
+            return self.plan
+        nodes = tuple(self.rekey.nodes.get(node.id, node) for node in self.plan.nodes)
+        return dataclasses.replace(self.plan, nodes=nodes)
+
+
+def _shown(path: Path) -> str:
+    """How messages name the Dockerfile: relative to the current directory when below it."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+def build(
+    context: str | os.PathLike[str],
+    dockerfile: str | os.PathLike[str] = "Dockerfile",
+    *,
+    target: str | None = None,
+    build_args: Mapping[str, str] | None = None,
+    tags: Sequence[str] = (),
+    build_contexts: Sequence[str | BuildContextSpec] = (),
+    secrets: Sequence[str | SecretSource] = (),
+    no_cache: bool = False,
+    store: LocalStore | None = None,
+    on_event: EventCallback | None = None,
+) -> BuildResult:
+    """Build ``target`` (default: the last stage) of ``dockerfile`` in ``context``.
+
+    A relative ``dockerfile`` is inside the context. ``build_contexts`` and ``secrets`` take the
+    CLI's spellings (``NAME=oci-layout://PATH[:TAG]``, ``id=ID,src=FILE``) or parsed values.
+    ``tags`` save the image in the local image store under those names. ``no_cache`` runs every
+    step (and stores the results). ``store`` defaults to the store at ``$MEMOBUILD_CACHE_DIR``;
+    ``on_event`` receives the build's events (build/events.py), one call at a time.
+
+    Raises BuildStepError when a step fails, and the MemoBuildError of anything else that
+    stops the build (a Dockerfile error, a missing image or secret, the store).
+    """
+    started = time.monotonic()
+    emit = _Events(on_event)
+    own_store = store is None
+    active = store if store is not None else LocalStore()
+    try:
+        try:
+            result = _build(
+                context,
+                dockerfile,
+                target=target,
+                build_args=dict(build_args or {}),
+                tags=tuple(tags),
+                build_contexts=build_contexts,
+                secrets=secrets,
+                no_cache=no_cache,
+                store=active,
+                emit=emit,
+                started=started,
+            )
+        except BuildStepError as err:
+            emit(BuildFailed(str(err), _step_number(err.step), err.exit_code))
+            raise
+        except (MemoBuildError, KeyboardInterrupt) as err:
+            message = "interrupted" if isinstance(err, KeyboardInterrupt) else str(err)
+            emit(BuildFailed(message))
+            raise
+    finally:
+        if own_store:
+            active.close()
+    return result
+
+
+def _step_number(label: str) -> int:
+    parts = label.split()
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+def _build(
+    context: str | os.PathLike[str],
+    dockerfile: str | os.PathLike[str],
+    *,
+    target: str | None,
+    build_args: dict[str, str],
+    tags: tuple[str, ...],
+    build_contexts: Sequence[str | BuildContextSpec],
+    secrets: Sequence[str | SecretSource],
+    no_cache: bool,
+    store: LocalStore,
+    emit: _Events,
+    started: float,
+) -> BuildResult:
+    contexts = [
+        c if isinstance(c, BuildContextSpec) else parse_build_context(c) for c in build_contexts
+    ]
+    sources = [s if isinstance(s, SecretSource) else parse_secret_flag(s) for s in secrets]
+    epoch = _source_date_epoch(build_args)
+    secret_values = load_secrets(sources)  # a missing secret fails before anything runs
+    resolver = BaseResolver(store, contexts)
+    plan = plan_build(context, dockerfile, resolver, target=target, build_args=build_args)
+    for warning in plan.warnings:
+        logger.warning(warning)
+    emit(
+        BuildStarted(
+            context=str(plan.context),
+            dockerfile=str(plan.dockerfile),
+            target=plan.target,
+            steps=len(plan.nodes),
+            stages=len({node.stage for node in plan.nodes}),
+            levels=len(plan.stage_levels),
+        )
+    )
+    area = ScratchArea(store.root)
+    area.sweep()
+    with area.create() as scratch:
+        runner = _Build(
+            plan,
+            store,
+            resolver,
+            scratch,
+            secret_values,
+            no_cache=no_cache,
+            epoch=epoch,
+            emit=emit,
+        )
+        try:
+            image = runner.run()
+        except BaseException:
+            runner.abort()
+            raise
+        finally:
+            runner.trees.release()
+    final_plan = runner.refined_plan()
+    record_plan(store, final_plan)
+    manifest_digest = ImageStore(store).save(image, list(tags)) if tags else None
+    digest = manifest_digest or image_digest(image)
+    records = tuple(sorted(runner.records, key=lambda r: r.step))
+    result = BuildResult(
+        image=image,
+        digest=digest,
+        manifest_digest=manifest_digest,
+        tags=tags,
+        steps=records,
+        plan=final_plan,
+        duration=time.monotonic() - started,
+    )
+    emit(
+        BuildFinished(
+            target=plan.target,
+            image_digest=digest,
+            manifest_digest=manifest_digest,
+            tags=tags,
+            steps=len(records),
+            cached=result.cached,
+            executed=result.executed,
+            duration=result.duration,
+        )
+    )
+    return result
