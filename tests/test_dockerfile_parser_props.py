@@ -152,9 +152,22 @@ def try_parse(text: str, *, validate: bool = True) -> Dockerfile | None:
 
 
 def reading(df: Dockerfile) -> list[tuple[object, ...]]:
-    """What an instruction means, without where it was."""
+    """What an instruction means, without where it was.
+
+    ``original`` is compared without trailing carriage returns: a bare CR that ended up last on
+    a line (``USER a\\r\\`` + newline) is rendered before a newline, where any reader takes
+    the pair as a CRLF line end, so that one byte of source text cannot survive a round trip.
+    """
     return [
-        (n.keyword, n.flags, n.args, n.json, n.heredocs, n.original, n.inner and n.inner.args)
+        (
+            n.keyword,
+            n.flags,
+            n.args,
+            n.json,
+            n.heredocs,
+            n.original.rstrip("\r"),
+            n.inner and n.inner.args,
+        )
         for n in df.nodes
     ]
 

@@ -109,12 +109,13 @@ def dump_dockerfile(df: Dockerfile) -> str:
     """Render Dockerfile text that parses back to the same instructions.
 
     Each instruction is written as its joined original line (continuations, comments and
-    blank lines are gone), followed by its heredoc bodies and terminators; the parser
+    blank lines are gone; a carriage return that ended the joined line is dropped), followed by its heredoc bodies and terminators; the parser
     directives come first. Line numbers change, nothing else does.
     """
     out = [f"# {key}={value}\n" for key, value in df.directives.items()]
     for node in df.nodes:
-        out.append(node.original + "\n")
+        # A trailing CR would read back as half of a CRLF line end, so it is not written.
+        out.append(node.original.rstrip("\r") + "\n")
         for doc in node.heredocs:
             out.append(doc.content)
             out.append(doc.name + "\n")
