@@ -3,8 +3,9 @@
 //! Before a step the executor takes a [`Snapshot`]: for every directory, its children's `lstat`
 //! fields, sorted by name. After the step, [`diff`] walks the tree again and compares each path
 //! with its record. A path counts as changed when any of kind, permission bits, uid, gid, size,
-//! mtime, ctime, inode, link count, device number or symlink target differs; ctime moves on every
-//! content, metadata or xattr change, so no file content is read to find changes.
+//! mtime, ctime (not for directories, see [`Meta::unchanged`]), inode, link count, device number
+//! or symlink target differs; ctime moves on every content, metadata or xattr change, so no file
+//! content is read to find changes.
 //!
 //! The diff is the list of layer entries in their final order (see [`Change`]): a depth-first
 //! walk, children by name bytes, each directory's whiteouts (opaque marker first) before its
@@ -144,7 +145,11 @@ impl Meta {
             && self.gid == now.gid
             && self.size == now.size
             && self.mtime_ns == now.mtime_ns
-            && self.ctime_ns == now.ctime_ns
+            // A directory's ctime is not compared: adding or removing an entry moves its mtime
+            // anyway, and the sandbox creates and removes mount points (/etc/hosts, /proc, ...)
+            // and then restores the mtime, which must not put the directory into every layer.
+            // The cost: an xattr-only change on a directory is not seen.
+            && (self.kind == Kind::Dir || self.ctime_ns == now.ctime_ns)
             && self.ino == now.ino
             && self.nlink == now.nlink
             && self.rdev == now.rdev
