@@ -400,11 +400,6 @@ def test_write_oci_layout_updates_a_directory_in_place(tmp_path: Path, store: Lo
         write_oci_layout(image, store, tmp_path / "junk")
 
 
-needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo not installed")
-needs_umoci = pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci not installed")
-
-
-@needs_skopeo
 def test_skopeo_reads_the_layout_we_write(tmp_path: Path, store: LocalStore) -> None:
     image, layers = built_image(tmp_path, store)
     digest = write_oci_layout(image, store, tmp_path / "out", tag="v1")
@@ -427,7 +422,6 @@ def test_skopeo_reads_the_layout_we_write(tmp_path: Path, store: LocalStore) -> 
     assert json.loads(archive.stdout)["Digest"] == digest
 
 
-@needs_skopeo
 def test_docker_archive_written_by_skopeo_reads_back(tmp_path: Path, store: LocalStore) -> None:
     image, _ = built_image(tmp_path, store)
     write_oci_layout(image, store, tmp_path / "out", tag="v1")
@@ -446,7 +440,6 @@ def test_docker_archive_written_by_skopeo_reads_back(tmp_path: Path, store: Loca
             assert fresh.has_blob(layer.digest)
 
 
-@needs_umoci
 def test_umoci_unpacks_the_layout_we_write(tmp_path: Path, store: LocalStore) -> None:
     image, _ = built_image(tmp_path, store)
     write_oci_layout(image, store, tmp_path / "out", tag="v1")

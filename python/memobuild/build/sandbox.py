@@ -6,7 +6,8 @@ and diffs the rootfs into a layer. So the sandbox has one hard duty besides isol
 missing as Docker does). Every mount point it had to create (``/proc``, ``/dev``, ``/sys``,
 ``/tmp`` when the image has none, ``/etc/hosts``, ``/etc/resolv.conf``, each ``--mount``
 target and missing parents) is removed again when still empty, and the modification times of
-the directories they were created in are put back, so the diff never sees them.
+the directories they were created in are put back, so the diff never sees them. (Their ctime
+cannot be put back, which is why the snapshot diff ignores the ctime of directories.)
 
 What a step sees, in every mode (the same as a BuildKit RUN):
 
@@ -50,7 +51,9 @@ Mounts (``--mount``): a cache mount is a directory per id under ``<cache_root>/m
 ``private`` an exclusive one if free and otherwise runs on a fresh empty directory thrown away
 afterwards. A bind mount is read-only by default; ``rw`` binds a private copy, so that a step
 can never change the build context or another stage. A secret is written to a private 0400 file
-outside the rootfs (in ``/dev/shm`` when possible), bound read-only, and deleted after the step.
+outside the rootfs (in ``/dev/shm`` when possible), bound read-only, and deleted after the step;
+if MemoBuild is killed first, the next run deletes it (every scratch directory holds a lock
+while in use, and leftovers are those whose lock is free).
 
 A run that is interrupted (KeyboardInterrupt, an exception in ``output``) or killed by
 :meth:`Sandbox.kill_all` has its whole process group killed; bwrap's ``--die-with-parent`` and
@@ -613,10 +616,15 @@ def _scratch_dir(base: Path, prefix: str) -> Iterator[Path]:
     """
     base.mkdir(parents=True, exist_ok=True)
     _sweep(base, prefix)
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
-    fd = os.open(path / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # Made and locked under a name no sweep looks at, then renamed: a sweep can never see
+    # this directory unlocked.
+    hidden = Path(tempfile.mkdtemp(prefix=f".{prefix}", dir=base))
+    fd = os.open(hidden / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    path = hidden
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        path = base / hidden.name[1:]
+        os.rename(hidden, path)
         yield path
     finally:
         _remove_tree(path)
@@ -629,7 +637,8 @@ def _sweep(base: Path, prefix: str) -> None:
         try:
             fd = os.open(entry / _LOCK_NAME, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
-            # Just made and not locked yet, or its maker died right there: only the old ones.
+            # Not made by _scratch_dir (which renames it into place locked): leave it alone
+            # unless it is clearly abandoned.
             with contextlib.suppress(OSError):
                 if time.time() - entry.stat().st_mtime > _UNLOCKED_GRACE:
                     _remove_tree(entry)
