@@ -109,8 +109,9 @@ def dump_dockerfile(df: Dockerfile) -> str:
     """Render Dockerfile text that parses back to the same instructions.
 
     Each instruction is written as its joined original line (continuations, comments and
-    blank lines are gone; a carriage return that ended the joined line is dropped), followed by its heredoc bodies and terminators; the parser
-    directives come first. Line numbers change, nothing else does.
+    blank lines are gone; a carriage return that ended the joined line is dropped), followed
+    by its heredoc bodies and terminators; the parser directives come first. Line numbers
+    change, nothing else does.
     """
     out = [f"# {key}={value}\n" for key, value in df.directives.items()]
     for node in df.nodes:
