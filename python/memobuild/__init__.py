@@ -5,16 +5,12 @@ The Python API and the ``memobuild`` CLI are two faces on the same calls.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
+# The version is Cargo.toml's, compiled into the extension (pyproject takes it from there too);
+# reading it there avoids importlib.metadata, which costs every CLI call ~15 ms.
+from memobuild._core import __version__
 from memobuild.errors import MemoBuildError
 from memobuild.hashing import TreeDigest, TreeEntry, hash_tree
 from memobuild.plan import Plan, PlanNode, plan
-
-try:
-    __version__ = version("memobuild")
-except PackageNotFoundError:  # running from a source tree without an installed distribution
-    from memobuild._core import __version__
 
 __all__ = [
     "MemoBuildError",
