@@ -30,6 +30,7 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING
 
 from memobuild.build import events as ev
+from memobuild.commands.options import add_build_selection
 from memobuild.commands.plan import parse_build_args
 
 if TYPE_CHECKING:
@@ -156,22 +157,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="save the image in the local image store under this name (repeatable)",
     )
     p.add_argument(
-        "--build-arg",
-        action="append",
-        metavar="NAME[=VALUE]",
-        help="set a build-time variable; NAME alone takes it from the environment (repeatable)",
-    )
-    p.add_argument("--target", metavar="STAGE", help="the stage to build (default: the last)")
-    p.add_argument(
         "--no-cache", action="store_true", help="run every step (results are still stored)"
     )
-    p.add_argument(
-        "--build-context",
-        action="append",
-        metavar="NAME=SOURCE",
-        help="an image or directory FROM/COPY --from can name: oci-layout://PATH[:TAG], "
-        "docker-archive://FILE or a directory (repeatable)",
-    )
+    add_build_selection(p)
     p.add_argument(
         "--secret",
         action="append",

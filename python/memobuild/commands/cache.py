@@ -16,6 +16,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from memobuild.cache import DEFAULT_MIN_AGE, ActionInfo, GcReport, LocalStore
+from memobuild.commands.options import format_size
 from memobuild.errors import InputError
 
 __all__ = ["add_parser", "format_size", "parse_duration", "parse_size"]
@@ -50,16 +51,6 @@ def parse_duration(text: str) -> float:
             "(like 30s, 10m, 1h)"
         )
     return float(Decimal(match.group(1)) * _DURATIONS[unit])
-
-
-def format_size(n: int) -> str:
-    """``1.5 GiB``: binary units, as ``--max-size`` reads them."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def _when(t: float) -> str:

@@ -7,18 +7,10 @@ import json
 import time
 from pathlib import Path
 
+from memobuild.commands.options import format_size
 from memobuild.errors import InputError
 from memobuild.hashing import hash_tree
 from memobuild.ignore import read_dockerignore
-
-
-def _human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{result.digest}  {args.path}")
         print(
             f"{result.files} files, {result.dirs} directories, {result.symlinks} symlinks, "
-            f"{_human_bytes(result.bytes)} ({result.hashed_files} hashed, "
+            f"{format_size(result.bytes)} ({result.hashed_files} hashed, "
             f"{result.cache_hits} from the stat cache) in {seconds:.3f}s"
         )
     return 0

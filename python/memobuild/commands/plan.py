@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from memobuild.commands.options import add_build_selection, format_size
 from memobuild.errors import DockerfileParseError, InputError
 from memobuild.plan import Plan, cache_hits, explain, record_plan
 
@@ -90,15 +91,6 @@ def _open_store() -> LocalStore:
     return LocalStore()
 
 
-def _human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
 def _plan_json(result: Plan, hits: Sequence[bool]) -> dict[str, Any]:
     index = result.context_index
     return {
@@ -143,7 +135,7 @@ def _print_plan(result: Plan, hits: Sequence[bool]) -> None:
     index = result.context_index
     if index is not None:
         print(
-            f"context: {index.files} files, {_human_bytes(index.bytes)}, {index.digest[:19]}… "
+            f"context: {index.files} files, {format_size(index.bytes)}, {index.digest[:19]}… "
             f"({index.hashed_files} hashed, {index.cache_hits} from the stat cache)"
         )
     names = {n.stage: n.stage_name for n in result.nodes}
@@ -242,21 +234,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="the Dockerfile (default: PATH/Dockerfile); relative to the current directory",
     )
-    p.add_argument("--target", metavar="STAGE", help="the stage to build (default: the last)")
-    p.add_argument(
-        "--build-arg",
-        action="append",
-        metavar="NAME[=VALUE]",
-        help="set a build-time variable; NAME alone takes it from the environment (repeatable)",
-    )
+    add_build_selection(p)
     p.add_argument(
         "--platform", metavar="OS/ARCH", help="the target platform (default: this machine's)"
-    )
-    p.add_argument(
-        "--build-context",
-        action="append",
-        metavar="NAME=SOURCE",
-        help="an image FROM/COPY --from can name, as for build (repeatable)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
