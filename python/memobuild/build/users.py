@@ -22,11 +22,11 @@ MemoBuild read the host's file.
 
 from __future__ import annotations
 
-import os
-import stat
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
+from memobuild.build import archive
 from memobuild.errors import InputError
 
 __all__ = [
@@ -43,8 +43,6 @@ __all__ = [
 
 MAX_ID = (1 << 31) - 1
 """The largest uid/gid Docker accepts (moby/sys/user's maxID)."""
-
-_MAX_SYMLINKS = 255
 
 
 @dataclass(frozen=True)
@@ -79,37 +77,18 @@ class GroupEntry:
 def resolve_in_root(root: Path, path: str) -> str:
     """The absolute, symlink-free path that ``path`` names when ``root`` is ``/``.
 
-    Symlinks are followed the way the kernel would follow them inside a chroot (an absolute
-    target restarts from ``root``, ``..`` never climbs above it), which is containerd's
-    ``fs.RootPath``. Components that do not exist are kept as written, so the result can name a
-    path that is about to be created. A loop is an :class:`InputError`.
+    Symlinks are followed as the kernel would inside a chroot (containerd's ``fs.RootPath``),
+    by :func:`memobuild.build.archive.resolve_in_root`, which COPY and ADD use too; this face
+    returns the path as the image sees it. A loop is an :class:`InputError`.
     """
-    pending = [p for p in path.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    links = 0
-    while pending:
-        name = pending.pop(0)
-        if name == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = root.joinpath(*resolved, name)
-        try:
-            mode = os.lstat(candidate).st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            resolved.append(name)
-            continue
-        if not stat.S_ISLNK(mode):
-            resolved.append(name)
-            continue
-        links += 1
-        if links > _MAX_SYMLINKS:
-            raise InputError(f"{path}: too many levels of symbolic links inside {root}")
-        target = os.readlink(candidate)
-        if target.startswith("/"):
-            resolved = []
-        pending = [p for p in target.split("/") if p not in ("", ".")] + pending
-    return "/" + "/".join(resolved)
+    try:
+        host = archive.resolve_in_root(root, path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise InputError(f"{path}: too many levels of symbolic links inside {root}") from err
+        raise
+    relative = host.relative_to(root).as_posix()
+    return "/" if relative == "." else "/" + relative
 
 
 def _read_lines(root: Path, path: str) -> list[list[str]] | None:
