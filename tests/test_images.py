@@ -17,7 +17,7 @@ import pytest
 from memobuild.cache.entries import LayerRef
 from memobuild.cache.store import LocalStore
 from memobuild.errors import CacheCoherencyError, InputError
-from memobuild.images import ImageStore, pin_key
+from memobuild.images import ImageStore, pin_name
 from memobuild.oci.image import HistoryEntry, Image, ImageConfig, image_digest
 
 
@@ -135,12 +135,31 @@ def test_retagging_moves_the_name_and_releases_the_old_image(
     old = images.save(make_image([layer], cmd="v1"), ["app"])
     new = images.save(make_image([layer], cmd="v2"), ["app"])
     assert [i.digest for i in images.list()] == [new]
-    old_pin = store.get_action(pin_key(old))
-    assert old_pin is not None and old_pin.layers == ()
-    new_pin = store.get_action(pin_key(new))
-    assert new_pin is not None and len(new_pin.layers) == 3  # manifest, config, the layer
+    pins = store.pins()
+    assert pin_name(old) not in pins
+    assert len(pins[pin_name(new)]) == 3  # manifest, config, the layer
     store.prune(min_age=0)
     assert not store.has_blob(old) and images.load("app") == make_image([layer], cmd="v2")
+
+
+def test_a_tagged_image_survives_gc_to_zero_and_rmi_releases_it(
+    tmp_path: Path, store: LocalStore
+) -> None:
+    layer = make_layer(store, tmp_path, "g.txt", "g")
+    images = ImageStore(store)
+    digest = images.save(make_image([layer], cmd="g"), ["app"])
+    blobs = store.pins()[pin_name(digest)]
+    report = store.gc(0, min_age=0)
+    assert report.removed_blobs == 0 and not report.reached  # pinned bytes still count
+    store.prune(min_age=0)
+    assert all(store.has_blob(d) for d in blobs)
+    assert images.load("app") == make_image([layer], cmd="g")
+    assert store.list_actions() == []  # an image pin is not an action entry
+
+    assert images.remove("app") is True
+    assert store.pins() == {}
+    store.prune(min_age=0)
+    assert not any(store.has_blob(d) for d in blobs)
 
 
 def test_remove_by_digest_removes_every_name(tmp_path: Path, store: LocalStore) -> None:
@@ -221,6 +240,11 @@ def test_images_and_rmi_commands(tmp_path: Path, isolated_cache: Path) -> None:
         ("web:latest", digest),
     ]
     assert set(listing[0]) == {"name", "digest", "created", "size", "tagged"}
+
+    ls = run("cache", "ls")
+    assert ls.returncode == 0, ls.stderr
+    assert "blake3:" not in ls.stdout  # the image's pin is not a cached action
+    assert json.loads(run("cache", "ls", "--json").stdout) == []
 
     removed = run("rmi", "web")
     assert removed.returncode == 0, removed.stderr

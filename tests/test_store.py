@@ -34,6 +34,7 @@ from memobuild.errors import (
     PathNotFoundError,
     StorageError,
 )
+from memobuild.logging import logger
 from memobuild.verify import verify_file
 
 
@@ -528,6 +529,73 @@ def test_prune(store: LocalStore, root: Path) -> None:
     assert report.removed_blobs == 1 and not store.has_blob(loose)
     assert store.get_action(kept.key) == kept
     assert store.usage().quarantined == 0
+
+
+# --- pins ---------------------------------------------------------------------------------------
+
+
+def test_pinned_blobs_survive_gc_and_prune_until_unpinned(store: LocalStore) -> None:
+    a = store.put_blob_bytes(b"A" * 500)
+    b = store.put_blob_bytes(b"B" * 500)
+    loose = store.put_blob_bytes(b"L" * 500)
+    entry = entry_for(store, "e", b"E" * 500)
+    store.pin("image:x", [a, b, a])
+    assert store.pins() == {"image:x": (a, b)}
+    report = store.gc(1, min_age=0)  # far below what the pins hold
+    assert report.removed_actions == 1 and report.removed_blobs == 2  # loose, entry's layer
+    assert not report.reached and report.remaining_bytes == 1000
+    assert store.has_blob(a) and store.has_blob(b) and not store.has_blob(loose)
+    assert not store.has_action(entry.key)
+    assert store.prune(min_age=0).removed_blobs == 0
+    assert store.read_blob(a) == b"A" * 500
+    store.pin("image:x", [b])  # replaces the set: a is no longer pinned
+    assert store.prune(min_age=0).removed_blobs == 1 and not store.has_blob(a)
+    assert store.unpin("image:x") is True and store.unpin("image:x") is False
+    assert store.pins() == {}
+    assert store.prune(min_age=0).removed_blobs == 1 and not store.has_blob(b)
+
+
+def test_pinning_a_missing_blob_fails_and_changes_nothing(store: LocalStore) -> None:
+    a = store.put_blob_bytes(b"present")
+    store.pin("p", [a])
+    missing = sha(b"not stored")
+    with pytest.raises(CacheCoherencyError, match=missing):
+        store.pin("p", [a, missing])
+    assert store.pins() == {"p": (a,)}
+    with pytest.raises(InvalidDigestError):
+        store.pin("p", ["sha256:nope"])
+    with pytest.raises(InputError):
+        store.pin("p", a)
+
+
+def test_pins_survive_reopening_and_a_lost_index(root: Path) -> None:
+    with LocalStore(root) as store:
+        a = store.put_blob_bytes(b"kept across runs")
+        store.pin("image:y", [a])
+    (root / "index.sqlite").unlink()
+    with LocalStore(root) as store:
+        assert store.pins() == {"image:y": (a,)}
+        store.gc(0, min_age=0)
+        store.prune(min_age=0)
+        assert store.has_blob(a)
+
+
+def test_an_unreadable_pin_stops_every_blob_removal(store: LocalStore, root: Path) -> None:
+    warnings: list[str] = []
+    sink = logger.add(warnings.append, level="WARNING", format="{message}")
+    a = store.put_blob_bytes(b"pinned by a damaged record")
+    loose = store.put_blob_bytes(b"unpinned")
+    store.pin("damaged", [a])
+    (path,) = files_under(root / "records" / "pin")
+    flip_byte(path, len(path.read_bytes()) - 3)
+    assert store.pins() == {}
+    assert store.gc(0, min_age=0).removed_blobs == 0
+    assert store.prune(min_age=0).removed_blobs == 0
+    assert store.has_blob(a) and store.has_blob(loose) and path.exists()
+    logger.remove(sink)
+    assert "unreadable pin record" in warnings[0] and "removing no blobs" in "".join(warnings)
+    assert store.unpin("damaged") is True
+    assert store.prune(min_age=0).removed_blobs == 2
 
 
 def test_prune_verify_quarantines_corrupt_blobs(store: LocalStore, root: Path) -> None:

@@ -8,12 +8,11 @@ two builds tagging at once cannot lose each other's names.
 
 The cache's gc and prune remove blobs that no action entry references, and a tagged image's
 config and manifest (and the layers of an image whose steps were evicted) are referenced by
-nothing else. So every tagged image is *pinned* by an action entry of its own, keyed by
-``blake3("memobuild.image.v1\\0" + manifest digest)``, which lists all its blobs: prune keeps
-them while the image has a name, and gc treats them like any cached result (least recently
-used goes first when the cache is over its limit). When the last name of an image goes, the pin
-is replaced by an entry that references nothing, which releases the blobs to gc and prune.
-An image whose blobs gc did remove is reported as such, never returned half-present.
+nothing else. So every tagged image is *pinned* in the store (``LocalStore.pin``) under the pin
+name ``image:<manifest digest>``, listing all its blobs: neither gc nor prune removes them while
+the image has a name. When the last name of an image goes, the pin is removed
+(``LocalStore.unpin``), which releases the blobs to gc and prune. An image whose blobs went
+anyway (removed by hand) is reported as such, never returned half-present.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from memobuild.cache.entries import ActionEntry, LayerRef
+from memobuild.cache.entries import LayerRef
 from memobuild.cache.lock import StoreLock
 from memobuild.cache.store import LocalStore
 from memobuild.errors import (
@@ -34,22 +33,19 @@ from memobuild.errors import (
     InvalidImageError,
 )
 from memobuild.oci.image import (
-    OCI_CONFIG,
-    OCI_MANIFEST,
     Image,
     encode_image,
     normalize_image_name,
     parse_config,
     parse_manifest,
 )
-from memobuild.verify import digest_bytes, parse_digest
+from memobuild.verify import parse_digest
 
-__all__ = ["ImageInfo", "ImageStore", "normalize_tag", "pin_key"]
+__all__ = ["ImageInfo", "ImageStore", "normalize_tag", "pin_name"]
 
 RECORD_KIND = "images"
 RECORD_NAME = "local"
 RECORD_VERSION = 1
-PIN_DOMAIN = b"memobuild.image.v1\0"
 
 
 @dataclass(frozen=True)
@@ -72,10 +68,10 @@ def normalize_tag(name: str) -> str:
     return normalized
 
 
-def pin_key(manifest_digest: str) -> str:
-    """The action key of the entry that keeps an image's blobs alive in the cache."""
+def pin_name(manifest_digest: str) -> str:
+    """The name of the store pin that keeps an image's blobs alive while it has a name."""
     parse_digest(manifest_digest)
-    return digest_bytes(PIN_DOMAIN + manifest_digest.encode(), "blake3")
+    return f"image:{manifest_digest}"
 
 
 class ImageStore:
@@ -103,23 +99,6 @@ class ImageStore:
     def _write_names(self, names: dict[str, dict[str, Any]]) -> None:
         self.store.put_record(RECORD_KIND, RECORD_NAME, {"version": RECORD_VERSION, "names": names})
 
-    # -- pins --------------------------------------------------------------------------------
-
-    def _pin(self, digest: str, refs: Sequence[LayerRef]) -> None:
-        self.store.put_action(
-            ActionEntry(
-                key=pin_key(digest),
-                layers=tuple(refs),
-                config={"image": digest},
-                preimage=(("image.manifest", digest),),
-                created=time.time(),
-            )
-        )
-
-    def _unpin(self, digest: str) -> None:
-        """Release an image's blobs: its pin entry now references nothing."""
-        self._pin(digest, ())
-
     # -- the API -----------------------------------------------------------------------------
 
     def save(self, image: Image, names: Sequence[str]) -> str:
@@ -133,24 +112,19 @@ class ImageStore:
         self.store.put_blob_bytes(encoded.manifest, encoded.manifest_digest)
         if not tags:
             return encoded.manifest_digest
-        refs = [
-            LayerRef(
-                encoded.manifest_digest,
-                encoded.manifest_digest,
-                len(encoded.manifest),
-                OCI_MANIFEST,
-            ),
-            LayerRef(encoded.config_digest, encoded.config_digest, len(encoded.config), OCI_CONFIG),
-            *image.layers,
+        blobs = [
+            encoded.manifest_digest,
+            encoded.config_digest,
+            *(layer.digest for layer in image.layers),
         ]
         size = len(encoded.manifest) + len(encoded.config)
         size += sum(
             layer.size for layer in {layer.digest: layer for layer in image.layers}.values()
         )
         with self._lock.exclusive():
-            # put_action checks every blob is present with its size: CacheCoherencyError, and
-            # no name is written, if a layer is missing.
-            self._pin(encoded.manifest_digest, refs)
+            # pin checks every blob is present: CacheCoherencyError, and no name is written, if
+            # a layer is missing.
+            self.store.pin(pin_name(encoded.manifest_digest), blobs)
             names_now = self._read_names()
             replaced = {names_now[t]["manifest"] for t in tags if t in names_now}
             now = time.time()
@@ -169,7 +143,7 @@ class ImageStore:
     def _release_unnamed(self, digests: set[str], names: dict[str, dict[str, Any]]) -> None:
         still_named = {row["manifest"] for row in names.values()}
         for digest in sorted(digests - still_named):
-            self._unpin(digest)
+            self.store.unpin(pin_name(digest))
 
     def resolve_digest(self, name_or_digest: str) -> str | None:
         """The manifest digest a name points at; a digest (``sha256:...`` or ``name@sha256:...``)

@@ -35,6 +35,7 @@ __all__ = [
     "ActionEntry",
     "LayerRef",
     "decode_action",
+    "decode_named_record",
     "decode_record",
     "encode_action",
     "encode_record",
@@ -264,6 +265,21 @@ def encode_record(kind: str, name: str, value: Any) -> bytes:
     """The bytes stored for a named record: raises InputError if ``value`` is not msgpack-able."""
     body = _pack({"kind": kind, "name": name, "value": value}, f"record {kind}/{name!r}")
     return _envelope("record", body)
+
+
+def decode_named_record(data: bytes, where: str | os.PathLike[str], kind: str) -> tuple[str, Any]:
+    """(name, value) of a stored record of ``kind``, for callers that list records rather than
+    look one up by name; refuses a record of another kind."""
+    where = os.fspath(where)
+    body = _open_envelope(data, "record", where)
+    if not isinstance(body, dict) or "value" not in body:
+        raise CorruptEntryError(where, "record body is not a map with a value")
+    name = body.get("name")
+    if body.get("kind") != kind or not isinstance(name, str):
+        raise CorruptEntryError(
+            where, f"holds record {body.get('kind')!r}/{name!r}, not a {kind!r} record"
+        )
+    return name, body["value"]
 
 
 def decode_record(data: bytes, where: str | os.PathLike[str], kind: str, name: str) -> Any:

@@ -26,10 +26,11 @@ A sqlite connection must not cross ``fork``; the index reopens itself in a child
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,18 +320,25 @@ class StoreIndex:
             ).fetchone()
         return ActionRow(*row) if row else None
 
-    def oldest_unreferenced_blob(self, before: float) -> BlobRow | None:
+    # ``exclude``: digests never to return (the store's pinned blobs), passed as one JSON array.
+
+    def oldest_unreferenced_blob(
+        self, before: float, exclude: Collection[str] = ()
+    ) -> BlobRow | None:
         """The least recently used blob no entry references, last used before ``before``."""
         with self._read() as db:
             row = db.execute(
                 "SELECT * FROM blobs WHERE last_use < ? AND NOT EXISTS "
                 "(SELECT 1 FROM refs WHERE refs.digest = blobs.digest) "
+                "AND digest NOT IN (SELECT value FROM json_each(?)) "
                 "ORDER BY last_use, digest LIMIT 1",
-                (before,),
+                (before, _json_list(exclude)),
             ).fetchone()
         return BlobRow(*row) if row else None
 
-    def exclusive_blobs(self, key: str, before: float) -> list[BlobRow]:
+    def exclusive_blobs(
+        self, key: str, before: float, exclude: Collection[str] = ()
+    ) -> list[BlobRow]:
         """Blobs only entry ``key`` references, last used before ``before``: what evicting the
         entry frees."""
         with self._read() as db:
@@ -338,16 +346,22 @@ class StoreIndex:
                 "SELECT blobs.* FROM refs JOIN blobs ON blobs.digest = refs.digest "
                 "WHERE refs.key = ? AND blobs.last_use < ? AND NOT EXISTS "
                 "(SELECT 1 FROM refs AS other WHERE other.digest = refs.digest "
-                "AND other.key != refs.key)",
-                (key, before),
+                "AND other.key != refs.key) "
+                "AND blobs.digest NOT IN (SELECT value FROM json_each(?))",
+                (key, before, _json_list(exclude)),
             ).fetchall()
         return [BlobRow(*row) for row in rows]
 
-    def unreferenced_blobs(self, before: float) -> list[BlobRow]:
+    def unreferenced_blobs(self, before: float, exclude: Collection[str] = ()) -> list[BlobRow]:
         with self._read() as db:
             rows = db.execute(
                 "SELECT * FROM blobs WHERE last_use < ? AND NOT EXISTS "
-                "(SELECT 1 FROM refs WHERE refs.digest = blobs.digest) ORDER BY last_use",
-                (before,),
+                "(SELECT 1 FROM refs WHERE refs.digest = blobs.digest) "
+                "AND digest NOT IN (SELECT value FROM json_each(?)) ORDER BY last_use",
+                (before, _json_list(exclude)),
             ).fetchall()
         return [BlobRow(*row) for row in rows]
+
+
+def _json_list(values: Collection[str]) -> str:
+    return json.dumps(sorted(values))

@@ -4,7 +4,8 @@ Layout (see DESIGN.md, "Storage")::
 
     blobs/sha256/<2 hex>/<hex>     layer, config and manifest blobs, named by their sha256
     actions/<2 hex>/<blake3 hex>   action entries (msgpack, checksummed), named by cache key
-    records/<kind>/<blake3(name)>  small named records, e.g. the plan of the last build
+    records/<kind>/<blake3(name)>  small named records, e.g. the plan of the last build;
+                                   records/pin/ holds the pins (below)
     index.sqlite                   sizes, last use, entry->blob references, counters (index.py)
     lock                           the store lock (lock.py)
     tmp/                           temp files being written (atomic.py)
@@ -31,6 +32,15 @@ Rules the code below keeps:
   entry survives. Anything used within ``min_age`` seconds is never evicted: that covers the
   moment between a build storing a layer blob and storing the entry that references it, and a
   build that just looked an entry up and is about to read its layers.
+- Pins: ``pin(name, digests)`` keeps blobs alive whatever their age or use (e.g. the blobs of a
+  tagged image). A pin is a record of kind "pin" (one file per name, written like any record:
+  temp file, fsync, rename), so it is as durable as the blobs and survives a lost index. ``pin``
+  checks the blobs are present and publishes the record under the shared lock; gc and prune read
+  every pin record under the exclusive lock, in each batch, so no blob is pinned between their
+  check and their unlink. Pinned blobs count toward gc's size but are never removed by gc or
+  prune. A pin record that cannot be read (corrupt, unreadable, from a newer MemoBuild) is not
+  quarantined and not ignored: gc and prune then remove *no blobs at all* (entries may still go)
+  and warn with its path, until it is replaced with ``pin``, removed with ``unpin`` or deleted.
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +60,7 @@ from memobuild.cache.entries import (
     ActionEntry,
     LayerRef,
     decode_action,
+    decode_named_record,
     decode_record,
     encode_action,
     encode_record,
@@ -99,6 +110,8 @@ COUNTERS = (
 )
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _RECORD_KIND = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+PIN_KIND = "pin"  # record kind of pins
+PIN_VERSION = 1
 
 _FileId = tuple[int, int]  # (st_dev, st_ino): which file a path named when it was read
 
@@ -130,7 +143,9 @@ class ActionInfo:
 
 @dataclass(frozen=True)
 class GcReport:
-    """What a gc or prune run removed, and what is left."""
+    """What a gc or prune run removed, and what is left. Pinned blobs (``LocalStore.pin``) are
+    never removed and are counted in ``remaining_bytes``: a gc whose limit is below the pinned
+    total ends with ``reached`` false."""
 
     removed_actions: int = 0
     removed_blobs: int = 0
@@ -567,6 +582,90 @@ class LocalStore:
             logger.warning(f"{err}; moved to {moved}" if moved else str(err))
             return None
 
+    # --- pins -------------------------------------------------------------------------------
+
+    def pin(self, name: str, digests: Sequence[str]) -> None:
+        """Keep the blobs ``digests`` from gc and prune under ``name``, replacing whatever
+        ``name`` pinned before (atomically: a reader sees the old set or the new one). Every blob
+        must be present (else CacheCoherencyError, nothing changed)."""
+        if isinstance(digests, str):
+            raise InputError(f"pin {name!r}: digests must be a sequence of digests, not a str")
+        wanted = list(dict.fromkeys(digests))
+        blobs = [self._blob_file(digest) for digest in wanted]  # validates every digest
+        path = self._record_file(PIN_KIND, name)
+        data = encode_record(PIN_KIND, name, {"version": PIN_VERSION, "digests": wanted})
+        ensure_private_dir(path.parent)
+        with self._temp_file("pin-") as tmp:
+            tmp.write(data)
+            tmp.sync()
+            with self._lock.shared():  # gc and prune cannot remove a blob between check and pin
+                for digest, blob in zip(wanted, blobs, strict=True):
+                    if not blob.is_file():
+                        raise CacheCoherencyError(
+                            f"pin {name!r}: blob {digest} is not in the cache ({blob})"
+                        )
+                tmp.publish(path)
+
+    def unpin(self, name: str) -> bool:
+        """Release the blobs ``name`` pinned (gc and prune may then remove them); False if there
+        was no such pin. Also removes a pin record that cannot be read."""
+        path = self._record_file(PIN_KIND, name)
+        with self._lock.shared():
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return False
+            except OSError as err:
+                raise storage_error(err, path, "remove pin") from err
+            fsync_dir(path.parent)
+        return True
+
+    def pins(self) -> dict[str, tuple[str, ...]]:
+        """Every pin: name -> pinned digests. Unreadable pin records are left out, with a
+        warning (they still stop gc and prune from removing blobs, see the module docstring)."""
+        pins, bad = self._read_pins()
+        for problem in bad:
+            logger.warning(problem)
+        return pins
+
+    def _read_pins(self) -> tuple[dict[str, tuple[str, ...]], list[str]]:
+        """(readable pins by name, one message per pin record that could not be read)."""
+        pins: dict[str, tuple[str, ...]] = {}
+        bad: list[str] = []
+        try:
+            items = sorted(os.scandir(self._records / PIN_KIND), key=lambda e: e.name)
+        except FileNotFoundError:
+            return pins, bad
+        for item in items:
+            if not _HEX64.fullmatch(item.name):
+                continue  # records are published by rename under their hash: not ours
+            path = Path(item.path)
+            try:
+                data, _ = _read_entry(path)
+                name, value = decode_named_record(data, path, PIN_KIND)
+                if self._record_file(PIN_KIND, name).name != item.name:
+                    raise CorruptEntryError(path, f"holds the pin {name!r}, filed under another")
+                pins[name] = _pin_digests(value, path)
+            except FileNotFoundError:
+                continue  # unpinned meanwhile
+            except (CorruptEntryError, UnsupportedEntryError, InvalidDigestError) as err:
+                bad.append(f"unreadable pin record: {err}")
+            except OSError as err:
+                bad.append(f"unreadable pin record: {path}: {err.strerror or err}")
+        return pins, bad
+
+    def _pinned_locked(self, warned: bool) -> tuple[frozenset[str], bool]:
+        """Under the exclusive lock: (every pinned digest, whether blobs may be removed at all).
+        An unreadable pin might pin anything, so it blocks every blob removal."""
+        pins, bad = self._read_pins()
+        if bad and not warned:
+            for problem in bad:
+                logger.warning(
+                    f"{problem}; removing no blobs until it is fixed (pin or unpin that name "
+                    f"again, or delete the file)"
+                )
+        return frozenset(d for digests in pins.values() for d in digests), not bad
+
     # --- housekeeping -----------------------------------------------------------------------
 
     def usage(self) -> StoreUsage:
@@ -609,14 +708,17 @@ class LocalStore:
     def gc(self, max_size: int, *, min_age: float = DEFAULT_MIN_AGE) -> GcReport:
         """Evict least recently used entries and unreferenced blobs until the store holds at most
         ``max_size`` bytes, never touching anything used in the last ``min_age`` seconds (the
-        report's ``reached`` says whether that was enough)."""
+        report's ``reached`` says whether that was enough). Pinned blobs count toward the size
+        but are never removed; while a pin record is unreadable no blob is removed at all."""
         if max_size < 0:
             raise InputError(f"gc: max size must be >= 0, not {max_size}")
         cutoff = time.time() - min_age
         removed_actions = removed_blobs = freed = 0
-        done = False
+        done = warned = False
         while not done:
             with self._lock.exclusive():
+                pinned, may_remove = self._pinned_locked(warned)
+                warned = True
                 _, blob_bytes, _, action_bytes = self._index.totals()
                 total = blob_bytes + action_bytes
                 for _ in range(GC_BATCH):
@@ -624,11 +726,17 @@ class LocalStore:
                         done = True
                         break
                     action = self._index.oldest_action(cutoff)
-                    blob = self._index.oldest_unreferenced_blob(cutoff)
+                    blob = (
+                        self._index.oldest_unreferenced_blob(cutoff, pinned) if may_remove else None
+                    )
                     if action is not None and (blob is None or action.last_use <= blob.last_use):
                         # The entry goes with the blobs only it references (unless something
                         # used them recently): a blob nothing references is no use to anyone.
-                        orphans = self._index.exclusive_blobs(action.key, cutoff)
+                        orphans = (
+                            self._index.exclusive_blobs(action.key, cutoff, pinned)
+                            if may_remove
+                            else []
+                        )
                         self._unlink(self._action_file(action.key))
                         self._index.remove_action(action.key)
                         removed_actions += 1
@@ -662,7 +770,8 @@ class LocalStore:
         """Clean up: empty quarantine, remove temp files no live writer holds, bring the index
         back in line with the files, drop entries whose blobs are gone, and remove blobs no entry
         references that were not used in the last ``min_age`` seconds. With ``verify``, also hash
-        every blob and quarantine the ones that fail (kept until the next prune)."""
+        every blob and quarantine the ones that fail (kept until the next prune). Pinned blobs
+        are never removed (unless corrupt); while a pin record is unreadable no blob is."""
         removed_quarantined = removed_temp = quarantined = 0
         with self._lock.exclusive():
             for item in self._quarantine_dir.iterdir():
@@ -685,7 +794,8 @@ class LocalStore:
             removed_actions, bad_entries, freed = self._reconcile_locked(self._index)
             quarantined += bad_entries
             removed_blobs = 0
-            for row in self._index.unreferenced_blobs(cutoff):
+            pinned, may_remove = self._pinned_locked(False)
+            for row in self._index.unreferenced_blobs(cutoff, pinned) if may_remove else []:
                 self._unlink(self._blob_file(row.digest))
                 self._index.remove_blob(row.digest)
                 removed_blobs += 1
@@ -762,6 +872,21 @@ class LocalStore:
         for key in action_rows.keys() - seen_actions:
             index.remove_action(key)
         return removed, quarantined, freed
+
+
+def _pin_digests(value: Any, path: Path) -> tuple[str, ...]:
+    """The digests a pin record's value lists; CorruptEntryError or UnsupportedEntryError if it
+    is not a pin this MemoBuild wrote."""
+    if not isinstance(value, dict) or not isinstance(value.get("version"), int):
+        raise CorruptEntryError(path, "not a pin")
+    if value["version"] != PIN_VERSION:
+        raise UnsupportedEntryError(path, f"pin version {value['version']}", PIN_VERSION)
+    digests = value.get("digests")
+    if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+        raise CorruptEntryError(path, "pin lacks its list of digests")
+    for digest in digests:
+        parse_digest(digest)
+    return tuple(digests)
 
 
 def _walk_store_dir(base: Path, algorithm: str) -> Iterator[tuple[str, Path, os.stat_result]]:
