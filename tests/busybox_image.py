@@ -122,3 +122,14 @@ def layer_bytes(store: LocalStore, layer: LayerRef) -> bytes:
                 if extracted is not None:
                     out += extracted.read()
     return bytes(out)
+
+
+def make_context(root: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+    """A build context at ``root``: its Dockerfile and the given text files."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "Dockerfile").write_text(dockerfile)
+    for name, text in (files or {}).items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from busybox_image import BusyboxImage, image_tree, make_busybox_image
+from busybox_image import BusyboxImage, image_tree, make_busybox_image, make_context
 from memobuild.cache.store import LocalStore
 from memobuild.cli import main
 from memobuild.images import ImageStore
@@ -27,15 +27,6 @@ def store(isolated_cache: Path) -> Iterator[LocalStore]:
 @pytest.fixture
 def base(tmp_path: Path, store: LocalStore) -> BusyboxImage:
     return make_busybox_image(tmp_path / "base", store)
-
-
-def make_context(root: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "Dockerfile").write_text(dockerfile)
-    for name, text in (files or {}).items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
-    return root
 
 
 def scratch_entries(cache: Path) -> list[str]:

@@ -27,6 +27,7 @@ from busybox_image import (
     layer_members,
     make_busybox_image,
     make_busybox_rootfs_dir,
+    make_context,
 )
 from memobuild.build.base import BaseResolver
 from memobuild.build.events import BuildEvent, StepOutput, StepStarted
@@ -50,16 +51,6 @@ def store(isolated_cache: Path) -> Iterator[LocalStore]:
 @pytest.fixture
 def base(tmp_path: Path, store: LocalStore) -> BusyboxImage:
     return make_busybox_image(tmp_path / "base", store)
-
-
-def make_context(root: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "Dockerfile").write_text(dockerfile)
-    for name, text in (files or {}).items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
 
 
 def scratch_entries(store: LocalStore) -> list[str]:

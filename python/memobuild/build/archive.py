@@ -124,6 +124,30 @@ def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> Path:
     them). The last component is followed only when ``follow_last``. More than
     :data:`MAX_SYMLINKS` symlinks raise ``OSError(ELOOP)``.
     """
+    return _walk_in_root(root, path, follow_last=follow_last, create=None)
+
+
+def make_dirs_in_root(
+    root: Path, path: str, *, on_create: Callable[[Path], None] | None = None
+) -> Path:
+    """``mkdir -p`` of ``path`` inside ``root`` (symlinks followed as by
+    :func:`resolve_in_root`); returns the directory's host path.
+
+    Missing directories are made 0755 whatever the umask, then ``on_create`` is called on each
+    (to set its owner). Something that is not a directory on the way raises
+    ``NotADirectoryError`` naming it as the image sees it.
+    """
+    return _walk_in_root(root, path, follow_last=True, create=on_create or _no_op)
+
+
+def _no_op(_path: Path) -> None:
+    return None
+
+
+def _walk_in_root(
+    root: Path, path: str, *, follow_last: bool, create: Callable[[Path], None] | None
+) -> Path:
+    """The one walk behind both faces: ``create`` None resolves, else it makes directories."""
     todo = deque(_names(path))
     parts: list[str] = []
     links = 0
@@ -137,6 +161,10 @@ def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> Path:
         try:
             st = os.lstat(host)
         except (FileNotFoundError, NotADirectoryError):
+            if create is not None:
+                os.mkdir(host, 0o755)
+                os.chmod(host, 0o755)  # noqa: S103 - an image's directories are world-readable
+                create(Path(host))
             parts.append(name)
             continue
         if stat.S_ISLNK(st.st_mode) and (todo or follow_last):
@@ -150,51 +178,7 @@ def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> Path:
                 parts = []
             todo.extendleft(reversed(_names(target)))
             continue
-        parts.append(name)
-    return Path(root, *parts)
-
-
-def make_dirs_in_root(
-    root: Path, path: str, *, on_create: Callable[[Path], None] | None = None
-) -> Path:
-    """``mkdir -p`` of ``path`` inside ``root`` (symlinks followed as by
-    :func:`resolve_in_root`); returns the directory's host path.
-
-    Missing directories are made 0755 whatever the umask, then ``on_create`` is called on each
-    (to set its owner). Something that is not a directory on the way raises
-    ``NotADirectoryError`` naming it as the image sees it.
-    """
-    todo = deque(_names(path))
-    parts: list[str] = []
-    links = 0
-    while todo:
-        name = todo.popleft()
-        if name == "..":
-            if parts:
-                parts.pop()
-            continue
-        host = os.path.join(root, *parts, name)
-        try:
-            st = os.lstat(host)
-        except FileNotFoundError:
-            os.mkdir(host, 0o755)
-            os.chmod(host, 0o755)  # noqa: S103 - an image's directories are world-readable
-            if on_create is not None:
-                on_create(Path(host))
-            parts.append(name)
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > MAX_SYMLINKS:
-                raise OSError(
-                    errno.ELOOP, "too many levels of symbolic links", "/" + "/".join(parts)
-                )
-            target = os.readlink(host)
-            if target.startswith("/"):
-                parts = []
-            todo.extendleft(reversed(_names(target)))
-            continue
-        if not stat.S_ISDIR(st.st_mode):
+        if create is not None and not stat.S_ISDIR(st.st_mode):
             shown = "/" + "/".join([*parts, name])
             raise NotADirectoryError(errno.ENOTDIR, "not a directory", shown)
         parts.append(name)
