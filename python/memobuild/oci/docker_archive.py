@@ -12,6 +12,17 @@ as-is, with the matching OCI media type: its ``diff_id`` (the sha256 of the unco
 computed while reading and must equal the config's ``rootfs.diff_ids`` entry, so a corrupt or
 mismatched layer is refused before it can enter a build. Recompressing plain layers would cost
 a gzip pass per build for no gain in a local store; an exporter can compress when it writes.
+
+Writing (:func:`write_docker_archive`) produces what Docker 25+ ``docker save`` produces: an OCI
+layout (``oci-layout``, ``index.json`` with each name as ``io.containerd.image.name`` and its tag
+as ``ref.name``, ``blobs/sha256/...``) plus the ``manifest.json`` and ``repositories`` files
+that every ``docker load`` reads. So one file loads with ``docker load`` (legacy and containerd
+image stores), ``podman load`` and ``skopeo``'s ``docker-archive:`` transport, and is also a
+valid OCI layout. Layers are written as they are stored, gzip-compressed: every loader
+decompresses layer files (docker's legacy loader and containers/image detect the compression),
+and the OCI manifest inside, whose digest is the image's identity, names them with their real
+media type. The archive is deterministic (sorted entries, zero times and owners) and replaced
+atomically (temp file and rename).
 """
 
 from __future__ import annotations
@@ -22,26 +33,36 @@ import json
 import os
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from memobuild.cache.entries import LayerRef
 from memobuild.cache.store import LocalStore
-from memobuild.errors import CASIntegrityError, InputError, InvalidImageError
+from memobuild.errors import CASIntegrityError, InputError, InvalidImageError, StorageError
 from memobuild.oci.image import (
     MAX_DOCUMENT_BYTES,
     OCI_LAYER,
     OCI_LAYER_GZIP,
     Descriptor,
     Image,
+    index_json,
     normalize_image_name,
     parse_config,
 )
-from memobuild.oci.layout import COPY_CHUNK, TarArchive, import_blob_stream
+from memobuild.oci.layout import (
+    COPY_CHUNK,
+    TarArchive,
+    import_blob_stream,
+    index_entries,
+    layout_blobs,
+    oci_layout_json,
+    write_tar_file,
+)
 from memobuild.verify import Hasher, digest_bytes
 
-__all__ = ["ArchiveEntry", "read_docker_archive"]
+__all__ = ["ArchiveEntry", "read_docker_archive", "repo_tags", "write_docker_archive"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -214,3 +235,72 @@ def read_docker_archive(
         ]
         store.put_blob_bytes(config_bytes, config_digest)
         return parsed.to_image(layers, where)
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def repo_tags(names: Sequence[str]) -> list[str]:
+    """``names`` as ``docker save`` lists them in RepoTags: Docker's familiar form with a tag
+    (``docker.io/library/app`` is ``app:latest``), each once, in the order given. InputError
+    for an invalid name or one with a digest (a digest names content, not a tag)."""
+    tags: dict[str, None] = {}
+    for name in names:
+        normalized = normalize_image_name(name)
+        if "@" in normalized:
+            raise InputError(
+                f"cannot name an image {name!r} in a docker archive: a digest names content, "
+                "use name[:tag]"
+            )
+        tags[normalized] = None
+    return list(tags)
+
+
+def _manifest_json(config: str, tags: Sequence[str], layers: Sequence[str]) -> bytes:
+    # Docker's field order (Config, RepoTags, Layers), compact, like json.Marshal.
+    entry = {"Config": config, "RepoTags": list(tags), "Layers": list(layers)}
+    return json.dumps([entry], separators=(",", ":")).encode()
+
+
+def _repositories_json(tags: Sequence[str], top_layer: str) -> bytes:
+    """The legacy ``repositories`` file: repository -> tag -> the top layer's id (the hex of
+    its digest, as Docker 25 writes it)."""
+    repositories: dict[str, dict[str, str]] = {}
+    for tag in tags:
+        repository, _, name = tag.rpartition(":")  # a normalized name always ends in :tag
+        repositories.setdefault(repository, {})[name] = top_layer
+    return json.dumps(repositories, sort_keys=True, separators=(",", ":")).encode()
+
+
+def write_docker_archive(
+    image: Image,
+    store: LocalStore,
+    dest: str | os.PathLike[str],
+    names: Sequence[str] = (),
+) -> str:
+    """Write ``image`` as a ``docker save`` archive at ``dest`` and return its manifest digest.
+
+    ``names`` (``app``, ``app:1.0``, ``registry.example.com/team/app:1.0``) become the image's
+    RepoTags; with none the image loads untagged, as ``docker load`` shows a saved image ID.
+    Layer blobs come from ``store``, verified as they are looked up. ``dest`` is replaced whole
+    and atomically; a file that cannot be written is one StorageError naming it.
+    """
+    tags = repo_tags(names)
+    target = Path(dest)
+    contents = layout_blobs(image, store)
+    files: list[tuple[str, Path | bytes]] = [
+        *contents.blobs,
+        ("index.json", index_json(index_entries(contents.manifest, None, tags))),
+        ("manifest.json", _manifest_json(contents.config_name, tags, contents.layer_names)),
+        ("oci-layout", oci_layout_json()),
+    ]
+    if tags and contents.layer_names:
+        top_layer = contents.layer_names[-1].rsplit("/", 1)[1]
+        files.append(("repositories", _repositories_json(tags, top_layer)))
+    try:
+        write_tar_file(target, sorted(files, key=lambda item: item[0]))
+    except OSError as err:
+        raise StorageError(
+            f"{err.filename or target}: cannot write: {err.strerror or err}"
+        ) from err
+    return contents.encoded.manifest_digest

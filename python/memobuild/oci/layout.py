@@ -12,10 +12,17 @@ Writing is deterministic: the same image and tag give the same files, and as a t
 bytes (sorted entries, zero times and owners). A directory is updated in place, as skopeo and
 buildx do: other images in its index.json are kept, one with the same tag is replaced, and
 index.json is written last so that a reader never sees it name a blob that is not there yet.
+An image can be named by a bare tag (``ref.name``, as skopeo writes) or by image names, which
+are written as BuildKit and ``docker save`` write them (``io.containerd.image.name`` the full
+reference, ``ref.name`` its tag). The pieces (:func:`layout_blobs`, :func:`index_entries`,
+:func:`write_tar_file`) are shared with the ``docker save`` writer, whose archives hold an OCI
+layout too.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import gzip
 import io
 import json
@@ -27,6 +34,7 @@ import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Protocol
 
@@ -53,11 +61,13 @@ from memobuild.oci.image import (
     OCI_MANIFEST,
     Descriptor,
     DescriptorPlatform,
+    EncodedImage,
     Image,
     Manifest,
     encode_image,
     index_json,
     layer_media_type,
+    normalize_image_name,
     parse_config,
     parse_index,
     parse_manifest,
@@ -67,13 +77,19 @@ from memobuild.verify import Hasher, parse_digest, verify_bytes, verify_file
 
 __all__ = [
     "LAYOUT_VERSION",
+    "LayoutBlobs",
     "TarArchive",
     "check_diff_id",
     "import_blob_stream",
+    "index_entries",
     "layer_diff_id",
+    "layout_blobs",
+    "oci_layout_json",
     "platform_matches",
+    "qualified_image_name",
     "read_oci_layout",
     "write_oci_layout",
+    "write_tar_file",
 ]
 
 LAYOUT_VERSION = "1.0.0"
@@ -551,7 +567,20 @@ def _check_ref_name(tag: str) -> None:
         )
 
 
-def _layout_blobs(
+def qualified_image_name(name: str) -> str:
+    """The full reference that containerd and ``docker save`` put in ``io.containerd.image.name``
+    (``app:1.0`` is ``docker.io/library/app:1.0``); InputError for an invalid name or one with
+    a digest, which names content rather than an image to tag."""
+    normalized = normalize_image_name(name)
+    if "@" in normalized:
+        raise InputError(f"cannot name an image {name!r}: a digest names content, use name[:tag]")
+    head, slash, _ = normalized.partition("/")
+    if slash and ("." in head or ":" in head or head == "localhost" or head.lower() != head):
+        return normalized
+    return f"docker.io/{normalized}" if slash else f"docker.io/library/{normalized}"
+
+
+def _blob_sources(
     image: Image,
     store: LocalStore,
     config: bytes,
@@ -579,13 +608,61 @@ def _layout_blobs(
     return sorted(blobs.items())
 
 
-def _index_descriptor(image: Image, manifest: bytes, digest: str, tag: str | None) -> Descriptor:
-    annotations = ((ANNOTATION_REF_NAME, tag),) if tag is not None else ()
+@dataclass(frozen=True)
+class LayoutBlobs:
+    """What an image contributes to a layout besides index.json: its encoded config and
+    manifest, every blob by its layout name (``blobs/sha256/<hex>``, in name order), and the
+    untagged index entry for its manifest (with the image's platform)."""
+
+    encoded: EncodedImage
+    blobs: tuple[tuple[str, Path | bytes], ...]
+    manifest: Descriptor
+    config_name: str  # the config blob's layout name
+    layer_names: tuple[str, ...]  # the layer blobs' layout names, bottom first
+
+
+def layout_blobs(image: Image, store: LocalStore) -> LayoutBlobs:
+    """The blobs of ``image`` as a layout holds them; layer files come from ``store``."""
+    encoded = encode_image(image)
+    blobs = _blob_sources(
+        image,
+        store,
+        encoded.config,
+        encoded.config_digest,
+        encoded.manifest,
+        encoded.manifest_digest,
+    )
     platform = DescriptorPlatform(image.os, image.architecture, image.variant or "")
-    return Descriptor(OCI_MANIFEST, digest, len(manifest), annotations, platform)
+    entry = Descriptor(OCI_MANIFEST, encoded.manifest_digest, len(encoded.manifest), (), platform)
+    return LayoutBlobs(
+        encoded=encoded,
+        blobs=tuple(blobs),
+        manifest=entry,
+        config_name=_blob_name(encoded.config_digest),
+        layer_names=tuple(_blob_name(layer.digest) for layer in image.layers),
+    )
 
 
-def _layout_file() -> bytes:
+def index_entries(
+    manifest: Descriptor, tag: str | None = None, names: Sequence[str] = ()
+) -> list[Descriptor]:
+    """The index.json entries naming ``manifest``: one with ``tag`` as its
+    ``org.opencontainers.image.ref.name``, and one per image name in ``names`` the way BuildKit,
+    containerd and ``docker save`` write them (``io.containerd.image.name`` the full reference,
+    ref.name its tag), so that ``docker load`` and ``ctr import`` name the image. No tag and no
+    names: one untagged entry."""
+    entries = []
+    if tag is not None:
+        _check_ref_name(tag)
+        entries.append(dataclasses.replace(manifest, annotations=((ANNOTATION_REF_NAME, tag),)))
+    for name in dict.fromkeys(qualified_image_name(n) for n in names):
+        annotations = ((ANNOTATION_REF_NAME, name.rsplit(":", 1)[1]), (CONTAINERD_IMAGE_NAME, name))
+        entries.append(dataclasses.replace(manifest, annotations=annotations))
+    return entries or [manifest]
+
+
+def oci_layout_json() -> bytes:
+    """The ``oci-layout`` file every layout starts with."""
     return json.dumps({"imageLayoutVersion": LAYOUT_VERSION}, separators=(",", ":")).encode()
 
 
@@ -606,21 +683,29 @@ def _write_atomic(path: Path, data: bytes | Path) -> None:
         raise
 
 
-def _write_dir(root: Path, blobs: Sequence[tuple[str, Path | bytes]], entry: Descriptor) -> None:
+def _replaces(new: Descriptor, old: Descriptor) -> bool:
+    """Whether writing index entry ``new`` drops ``old`` from an existing index.json: the same
+    tag (and, where both carry one, the same full image name), or the same image untagged."""
+    tag = new.annotation(ANNOTATION_REF_NAME)
+    if tag is None:
+        return old.annotation(ANNOTATION_REF_NAME) is None and old.digest == new.digest
+    if old.annotation(ANNOTATION_REF_NAME) != tag:
+        return False
+    new_name = new.annotation(CONTAINERD_IMAGE_NAME)
+    old_name = old.annotation(CONTAINERD_IMAGE_NAME)
+    return new_name is None or old_name is None or new_name == old_name
+
+
+def _write_dir(
+    root: Path, blobs: Sequence[tuple[str, Path | bytes]], entries: Sequence[Descriptor]
+) -> None:
     existing: list[Descriptor] = []
     if (root / "index.json").exists():
         layout = _DirLayout(root)
         _check_layout_file(layout)
         index = parse_index(layout.read("index.json"), f"{root}: index.json")
-        tag = entry.annotation(ANNOTATION_REF_NAME)
-        # Keep every other image and tag; drop the entry this one replaces: the same tag, or
-        # the same image already listed without a tag.
-        existing = [
-            d
-            for d in index.manifests
-            if d.annotation(ANNOTATION_REF_NAME) != tag
-            or (tag is None and d.digest != entry.digest)
-        ]
+        # Keep every other image and tag; drop the entries these replace.
+        existing = [d for d in index.manifests if not any(_replaces(e, d) for e in entries)]
     elif root.exists() and any(root.iterdir()):
         raise InputError(
             f"{root}: not empty and not an OCI layout; choose a new or empty directory"
@@ -635,8 +720,8 @@ def _write_dir(root: Path, blobs: Sequence[tuple[str, Path | bytes]], entry: Des
             except CASIntegrityError:
                 pass  # overwrite a corrupt copy
         _write_atomic(target, source)
-    _write_atomic(root / "oci-layout", _layout_file())
-    _write_atomic(root / "index.json", index_json([*existing, entry]))
+    _write_atomic(root / "oci-layout", oci_layout_json())
+    _write_atomic(root / "index.json", index_json([*existing, *entries]))
 
 
 def _tar_info(name: str, size: int = 0, *, directory: bool = False) -> tarfile.TarInfo:
@@ -650,12 +735,13 @@ def _tar_info(name: str, size: int = 0, *, directory: bool = False) -> tarfile.T
     return info
 
 
-def _write_tar(dest: Path, blobs: Sequence[tuple[str, Path | bytes]], entry: Descriptor) -> None:
-    files: list[tuple[str, Path | bytes]] = [
-        ("oci-layout", _layout_file()),
-        ("index.json", index_json([entry])),
-        *blobs,
-    ]
+def write_tar_file(dest: Path, files: Sequence[tuple[str, Path | bytes]]) -> None:
+    """Write ``files`` (archive name, content or file to copy) as one tar at ``dest``, in the
+    given order after their parent directories (sorted), with zero times and owners, so that
+    the same files give the same bytes. Written beside ``dest`` and renamed into place: a
+    reader never sees a partial archive, and a failure leaves any previous one intact."""
+    if dest.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(dest))
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
     try:
@@ -664,7 +750,7 @@ def _write_tar(dest: Path, blobs: Sequence[tuple[str, Path | bytes]], entry: Des
             tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar,
         ):
             directories = sorted(
-                {str(parent) + "/" for n, _ in blobs for parent in PurePosixPath(n).parents}
+                {str(parent) + "/" for n, _ in files for parent in PurePosixPath(n).parents}
                 - {"./"}
             )
             for directory in directories:
@@ -687,34 +773,35 @@ def write_oci_layout(
     store: LocalStore,
     dest: str | os.PathLike[str],
     tag: str | None = None,
+    *,
+    names: Sequence[str] = (),
+    tar: bool | None = None,
 ) -> str:
     """Write ``image`` as an OCI layout at ``dest`` and return its manifest digest.
 
-    ``dest`` ending in ``.tar`` is written as one tar (replaced whole); anything else is a
-    directory, created or updated (an image with the same tag is replaced, others are kept).
-    ``tag`` becomes the ``org.opencontainers.image.ref.name`` annotation. Layer blobs come from
-    ``store`` and are verified as they are copied out.
+    ``dest`` is written as one tar (replaced whole) when ``tar`` is true, or when ``tar`` is
+    None and ``dest`` ends in ``.tar``; otherwise it is a directory, created or updated (an image
+    with the same tag is replaced, others are kept). ``tag`` becomes the
+    ``org.opencontainers.image.ref.name`` annotation; each of ``names`` (image names such as
+    ``app:1.0``) adds an entry as BuildKit's oci exporter writes it (see :func:`index_entries`).
+    Layer blobs come from ``store`` and are verified as they are copied out.
     """
-    if tag is not None:
-        _check_ref_name(tag)
     target = Path(dest)
-    encoded = encode_image(image)
-    blobs = _layout_blobs(
-        image,
-        store,
-        encoded.config,
-        encoded.config_digest,
-        encoded.manifest,
-        encoded.manifest_digest,
-    )
-    entry = _index_descriptor(image, encoded.manifest, encoded.manifest_digest, tag)
+    contents = layout_blobs(image, store)
+    entries = index_entries(contents.manifest, tag, names)
+    as_tar = target.suffix == ".tar" if tar is None else tar
     try:
-        if target.suffix == ".tar":
-            _write_tar(target, blobs, entry)
+        if as_tar:
+            files: list[tuple[str, Path | bytes]] = [
+                ("oci-layout", oci_layout_json()),
+                ("index.json", index_json(entries)),
+                *contents.blobs,
+            ]
+            write_tar_file(target, files)
         else:
-            _write_dir(target, blobs, entry)
+            _write_dir(target, contents.blobs, entries)
     except OSError as err:
         raise StorageError(
             f"{err.filename or target}: cannot write: {err.strerror or err}"
         ) from err
-    return encoded.manifest_digest
+    return contents.encoded.manifest_digest
