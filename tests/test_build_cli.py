@@ -1,8 +1,10 @@
-"""`memobuild build` as a user runs it: progress lines, errors, tags, interrupts and kill -9."""
+"""`memobuild build` as a user runs it: progress, digest, exit codes, errors, tags, interrupts."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,7 +45,7 @@ CMD ["cat", "/app/out.txt"]
 """
 
 
-def test_build_prints_a_line_per_step_and_a_second_build_is_all_cached(
+def test_build_shows_progress_on_stderr_and_prints_the_digest_on_stdout(
     tmp_path: Path,
     base: BusyboxImage,
     store: LocalStore,
@@ -51,25 +53,44 @@ def test_build_prints_a_line_per_step_and_a_second_build_is_all_cached(
 ) -> None:
     context = make_context(tmp_path / "ctx", DOCKERFILE, {"hello.txt": "hi"})
     assert main(["build", str(context), "-t", "app:1"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert "#3 COPY . ." in out
-    assert '#4 RUN echo "built from $(cat hello.txt)" > out.txt' in out
-    assert any(line.startswith("#4 DONE ") for line in out)
-    assert out[-1].startswith("built stage-0 in ")
-    assert "5 steps, 0 cached, 5 executed" in out[-1]
-    assert out[-1].endswith("tagged app:1")
+    captured = capsys.readouterr()
+    digest = ImageStore(store).resolve_digest("app:1")
+    assert digest is not None and captured.out == f"{digest}\n"
+    err = captured.err.splitlines()  # not a terminal: plain lines
+    assert any(line.startswith("#3 COPY . . (miss: ") for line in err)
+    assert any(
+        line.startswith('#4 RUN echo "built from $(cat hello.txt)" > out.txt (') for line in err
+    )
+    assert any(line.startswith("#4 DONE ") for line in err)
+    summary = next(line for line in err if line.startswith("built stage-0 in "))
+    assert "5 steps, 0 cached, 5 executed, hit rate 0%" in summary
+    assert err[-1] == "tagged app:1"
 
     assert main(["build", str(context), "-t", "app:1"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert "#2 CACHED step 2 WORKDIR /app" in out
-    assert "#3 CACHED step 3 COPY . ." in out
-    assert not any(" DONE " in line for line in out)
-    assert "5 steps, 5 cached, 0 executed" in out[-1]
+    captured = capsys.readouterr()
+    assert captured.out == f"{digest}\n"
+    err = captured.err.splitlines()
+    assert "#2 CACHED WORKDIR /app" in err
+    assert "#3 CACHED COPY . ." in err
+    assert not any(" DONE " in line for line in err)
+    assert "5 steps, 5 cached, 0 executed, hit rate 100%, 0 B written" in err[-2]
+    assert "executed, and why:" not in err
 
     image = ImageStore(store).load("app:1")
     assert image is not None
     tree = image_tree(store, image, tmp_path / "out")
     assert (tree / "app" / "out.txt").read_text() == "built from hi\n"
+
+    (context / "hello.txt").write_text("bye")
+    assert main(["build", str(context)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "#3 COPY . . (miss: hello.txt changed)" in err
+    assert err[-4:] == [
+        "executed, and why:",
+        "  step 3 COPY . .: hello.txt changed",
+        '  step 4 RUN echo "built from $(cat hello.txt)" > out.txt: parent step 3 changed',
+        '  step 5 CMD ["cat", "/app/out.txt"]: parent step 4 changed',
+    ]
 
 
 def test_a_failing_step_is_one_error_with_file_line_and_output(
@@ -80,16 +101,234 @@ def test_a_failing_step_is_one_error_with_file_line_and_output(
     )
     assert main(["build", str(context)]) == 1
     captured = capsys.readouterr()
+    assert captured.out == ""
     err = captured.err.splitlines()
     dockerfile = context / "Dockerfile"
     shown = os.path.relpath(dockerfile)
     shown = str(dockerfile) if shown.startswith("..") else shown
-    assert err[0] == (
+    # The progress, then the error as a compiler prints it, with what the step said.
+    failed = err.index("#3 ERROR exit code 7")
+    assert err[failed + 1].startswith("build failed after ")
+    assert err[failed + 2 : failed + 5] == [
+        "executed, and why:",
+        "  step 1 FROM busybox: no recorded build of Dockerfile@stage-0 to compare with",
+        "  step 2 RUN echo ok: no recorded build of Dockerfile@stage-0 to compare with",
+    ]
+    assert err[-2:] == [
         f"memobuild: error: {shown}:3: step 3 RUN echo 'no such target' >&2; exit 7 failed "
-        "with exit code 7"
+        "with exit code 7",
+        "  | no such target",
+    ]
+    assert "#3 no such target" in err
+
+
+# --- exit codes, stdout and --progress, in a child process as a user runs them ---------------
+
+
+def strip_ansi(text: str) -> str:
+    """What a terminal shows of ``text``, near enough: escape sequences and CRs removed."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", text)
+
+
+def memobuild(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``memobuild ARGS`` (the installed command); the cache dir comes from the environment."""
+    return subprocess.run(
+        ["memobuild", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **env},
     )
-    assert err[1] == "  | no such target"
-    assert "#3 no such target" in captured.out.splitlines()
+
+
+def test_exit_codes(tmp_path: Path, base: BusyboxImage) -> None:
+    good = make_context(tmp_path / "good", "FROM busybox\nRUN echo fine > /fine\n")
+    built = memobuild("build", str(good))
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.startswith("sha256:") and len(built.stdout.strip()) == 71
+
+    broken = make_context(tmp_path / "broken", "FROM busybox\nRUN echo ok\nCOPY\n")
+    syntax = memobuild("build", str(broken))
+    assert syntax.returncode == 2
+    assert syntax.stdout == ""
+    dockerfile = broken / "Dockerfile"
+    assert syntax.stderr.splitlines()[-1].startswith(f"memobuild: error: {dockerfile}:3")
+
+    failing = make_context(tmp_path / "failing", "FROM busybox\nRUN echo before; exit 3\n")
+    step = memobuild("build", str(failing))
+    assert step.returncode == 1
+    assert step.stdout == ""
+    assert step.stderr.splitlines()[-2:] == [
+        f"memobuild: error: {failing / 'Dockerfile'}:2: step 2 RUN echo before; exit 3 failed "
+        "with exit code 3",
+        "  | before",
+    ]
+
+    bad_output = memobuild("build", str(good), "-o", "type=nonsense,dest=x")
+    assert bad_output.returncode == 2
+    assert "type=nonsense,dest=x" in bad_output.stderr.splitlines()[-1]
+    assert " DONE " not in bad_output.stderr  # refused before anything ran
+
+    missing = memobuild("build", str(tmp_path / "no-such-context"))
+    assert missing.returncode == 2
+    assert "no-such-context" in missing.stderr.splitlines()[-1]
+
+    usage = memobuild("build", str(good), "--progress=fancy")
+    assert usage.returncode == 2
+    assert "invalid choice: 'fancy'" in usage.stderr
+
+    unwritable = memobuild("build", str(good), "--events", str(tmp_path / "no" / "dir" / "x"))
+    assert unwritable.returncode == 2
+    assert unwritable.stderr.startswith("memobuild: error: --events ")
+
+
+def test_progress_json_is_one_event_per_line_on_stdout(tmp_path: Path, base: BusyboxImage) -> None:
+    context = make_context(tmp_path / "ctx", DOCKERFILE, {"hello.txt": "hi"})
+    done = memobuild("build", str(context), "--progress=json", "-t", "app:json")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    kinds = [row["event"] for row in rows]
+    assert kinds[0] == "BuildStarted" and kinds[-1] == "BuildFinished"
+    assert kinds.count("StepStarted") == kinds.count("StepExecuted") == 5
+    assert [row["step"] for row in rows if row["event"] == "StepExecuted"] == [1, 2, 3, 4, 5]
+    started = [row for row in rows if row["event"] == "StepStarted"]
+    assert all(row["reason"] for row in started)
+    layer = next(row for row in rows if row["event"] == "LayerBuilt")
+    assert layer["size"] > 0 and layer["digest"].startswith("sha256:")
+    finished = rows[-1]
+    assert finished["tags"] == ["app:json"] and finished["executed"] == 5
+    with LocalStore() as store:
+        assert finished["image_digest"] == ImageStore(store).resolve_digest("app:json")
+
+    failing = make_context(tmp_path / "failing", "FROM busybox\nRUN echo before; exit 3\n")
+    failed = memobuild("build", str(failing), "--progress=json")
+    assert failed.returncode == 1
+    last = json.loads(failed.stdout.splitlines()[-1])
+    assert (last["event"], last["step"], last["exit_code"]) == ("BuildFailed", 2, 3)
+    assert failed.stderr.startswith("memobuild: error: ")  # people still read stderr
+
+    usage = memobuild("build", str(context), "--progress=json", "--build-arg", "=x")
+    assert usage.returncode == 2
+    [only] = [json.loads(line) for line in usage.stdout.splitlines()]
+    assert only["event"] == "BuildFailed" and "--build-arg" in only["error"]
+
+
+def test_outputs_are_written_and_listed_in_the_summary(
+    tmp_path: Path, base: BusyboxImage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    context = make_context(tmp_path / "ctx", DOCKERFILE, {"hello.txt": "hi"})
+    layout, rootfs = tmp_path / "layout", tmp_path / "rootfs"
+    args = ["build", str(context), "-o", f"type=oci,dest={layout}", "--output", str(rootfs)]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    digest = captured.out.strip()
+    err = captured.err.splitlines()
+    listed = err[err.index("outputs:") + 1 :]
+    assert listed[0].startswith(f"  oci {layout} (") and listed[0].endswith(f", {digest})")
+    assert re.fullmatch(rf"  local {re.escape(str(rootfs))} \(\d+(\.\d)? [KMG]?i?B\)", listed[1])
+    assert len(listed) == 2
+    assert (rootfs / "app" / "out.txt").read_text() == "built from hi\n"
+    index = json.loads((layout / "index.json").read_text())
+    assert [m["digest"] for m in index["manifests"]] == [digest]
+
+    assert main([*args, "--progress=json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    written = [row for row in rows if row["event"] == "OutputWritten"]
+    assert [(w["type"], w["dest"], w["digest"]) for w in written] == [
+        ("oci", str(layout), digest),
+        ("local", str(rootfs), None),
+    ]
+    assert all(w["bytes"] > 0 for w in written)
+    assert rows[-1]["bytes_written"] == sum(w["bytes"] for w in written)  # no new layers
+
+
+def test_a_reader_that_goes_away_stops_the_build_quietly(
+    tmp_path: Path, base: BusyboxImage, isolated_cache: Path
+) -> None:
+    context = make_context(tmp_path / "ctx", "FROM busybox\nRUN echo a; sleep 1; echo b\n")
+    proc = subprocess.Popen(
+        ["memobuild", "build", str(context), "--progress=json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = json.loads(proc.stdout.readline())  # `| head -1`
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1
+    assert first["event"] == "BuildStarted"
+    assert err == ""  # no traceback, nothing half-said
+    assert scratch_entries(isolated_cache) == []
+
+
+def test_progress_auto_draws_the_live_view_on_a_terminal(
+    tmp_path: Path, base: BusyboxImage
+) -> None:
+    context = make_context(tmp_path / "ctx", DOCKERFILE, {"hello.txt": "hi"})
+    leader, follower = os.openpty()
+    proc = subprocess.Popen(
+        ["memobuild", "build", str(context)],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        text=True,
+        env={**os.environ, "TERM": "xterm", "COLUMNS": "120"},
+    )
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(leader)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, screen.decode()
+    assert out.startswith("sha256:")
+    drawn = screen.decode()
+    assert "\x1b[" in drawn  # drawn, not printed line by line
+    text = strip_ansi(drawn)
+    assert " => #4 RUN echo" in text
+    assert "built stage-0 in " in text
+    assert "#4 DONE" not in text  # that is the plain form
+
+
+def test_progress_tty_and_plain_are_drawn_as_asked(
+    tmp_path: Path, base: BusyboxImage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    context = make_context(tmp_path / "ctx", DOCKERFILE, {"hello.txt": "hi"})
+    assert main(["build", str(context), "--progress=tty"]) == 0
+    drawn = capsys.readouterr().err
+    err = strip_ansi(drawn)
+    assert "\x1b[" in drawn and " => #3 COPY . ." in err and "#3 DONE" not in err
+    assert main(["build", str(context), "--progress=plain"]) == 0
+    err = capsys.readouterr().err
+    assert "\x1b[" not in err and "#3 CACHED COPY . ." in err.splitlines()
+
+
+def test_help_names_every_flag_and_where_output_goes() -> None:
+    shown = memobuild("build", "--help")
+    assert shown.returncode == 0
+    text = " ".join(shown.stdout.split())
+    for flag in (
+        "-f FILE",
+        "-t NAME[:TAG]",
+        "-o SPEC, --output SPEC",
+        "--build-arg",
+        "--target STAGE",
+        "--no-cache",
+        "--build-context",
+        "--secret",
+        "--progress {auto,tty,plain,json}",
+        "--events FILE",
+    ):
+        assert flag in text, flag
+    assert "stdout gets one line, the image digest" in text
+    assert "0 built, 1 a step failed" in text and "2 a usage or Dockerfile error" in text
 
 
 def test_build_args_target_secrets_and_build_contexts(
@@ -127,9 +366,9 @@ def test_build_args_target_secrets_and_build_contexts(
             "first",
         ]
     )
-    assert code == 0, capsys.readouterr().err
-    out = capsys.readouterr().out.splitlines()
-    assert "built first in " in out[-1]
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert any(line.startswith("built first in ") for line in captured.err.splitlines())
     with LocalStore() as store:
         image = ImageStore(store).load("first")
         assert image is not None
@@ -163,6 +402,7 @@ RUN echo sleeping; sleep $SLEEP; echo done > /slept.txt
 
 
 def _start_build(context: Path, *extra: str) -> subprocess.Popen[str]:
+    """A build in a child process; its progress (stderr) is read line by line."""
     return subprocess.Popen(
         [sys.executable, "-m", "memobuild.cli", "build", str(context), *extra],
         stdout=subprocess.PIPE,
@@ -173,11 +413,11 @@ def _start_build(context: Path, *extra: str) -> subprocess.Popen[str]:
 
 
 def _wait_for_line(proc: subprocess.Popen[str], wanted: str, timeout: float = 60) -> list[str]:
-    assert proc.stdout is not None
+    assert proc.stderr is not None
     seen: list[str] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        line = proc.stdout.readline()
+        line = proc.stderr.readline()
         if not line:
             break
         seen.append(line.rstrip("\n"))
@@ -247,9 +487,11 @@ def test_kill_9_during_a_run_leaves_the_store_consistent_and_the_next_build_succ
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert "#2 CACHED step 2 COPY a.txt /a.txt" in lines  # stored before the kill
-    assert "1 executed" in lines[-1]
+    lines = done.stderr.splitlines()
+    assert "#2 CACHED COPY a.txt /a.txt" in lines  # stored before the kill
+    assert "3 steps, 2 cached, 1 executed" in next(
+        line for line in lines if line.startswith("built ")
+    )
     assert scratch_entries(isolated_cache) == []  # swept, and its own removed
     _assert_store_is_sound(isolated_cache)
 
@@ -284,7 +526,7 @@ def test_an_interrupted_build_cleans_up_and_the_next_build_succeeds(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "#2 CACHED step 2 COPY a.txt /a.txt" in done.stdout.splitlines()
+    assert "#2 CACHED COPY a.txt /a.txt" in done.stderr.splitlines()
 
 
 def test_plan_and_explain_agree_with_what_a_build_stored(
@@ -312,9 +554,12 @@ def test_no_cache_runs_every_step_again(
     assert main(["build", str(context)]) == 0
     capsys.readouterr()
     assert main(["build", str(context), "--no-cache"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert not any("CACHED" in line for line in out)
-    assert "5 steps, 0 cached, 5 executed" in out[-1]
+    err = capsys.readouterr().err.splitlines()
+    assert not any("CACHED" in line for line in err)
+    assert "#3 COPY . . (miss: --no-cache)" in err
+    assert err[-2:] == ["executed, and why:", "  steps 1-5: --no-cache"]
+    summary = next(line for line in err if line.startswith("built "))
+    assert "5 steps, 0 cached, 5 executed" in summary
 
 
 def test_ctrl_c_stops_parallel_stages_and_cleans_up(
@@ -361,12 +606,12 @@ def test_paths_are_taken_as_docker_build_takes_them(
     monkeypatch.chdir(tmp_path)
     # PATH relative to the current directory, the Dockerfile inside it by default ...
     assert main(["build", "ctx", "-t", "default"]) == 0
-    assert "building stage-0 of ctx/Dockerfile" in capsys.readouterr().out
+    assert "building stage-0 of ctx/Dockerfile" in capsys.readouterr().err
     assert main(["plan", "ctx"]) == 0
     assert "2 would hit, 0 would miss" in capsys.readouterr().out
     # ... and -f relative to the current directory, not to PATH.
     assert main(["build", "ctx", "-f", "other.Dockerfile", "-t", "other"]) == 0
-    assert "building stage-0 of other.Dockerfile" in capsys.readouterr().out
+    assert "building stage-0 of other.Dockerfile" in capsys.readouterr().err
     with LocalStore() as store:
         images = ImageStore(store)
         default, other = images.load("default"), images.load("other")

@@ -30,8 +30,8 @@ from busybox_image import (
     make_context,
 )
 from memobuild.build.base import BaseResolver
-from memobuild.build.events import BuildEvent, StepOutput, StepStarted
-from memobuild.build.executor import BuildResult, build
+from memobuild.build.events import BuildEvent, StepExecuted, StepOutput, StepStarted
+from memobuild.build.executor import NOT_USABLE_REASON, BuildResult, build
 from memobuild.build.planning import plan_build
 from memobuild.build.rootfs import ScratchArea
 from memobuild.cache.entries import LayerRef
@@ -140,6 +140,81 @@ def test_editing_one_source_reruns_exactly_the_steps_after_its_copy(
         "COPY README.md .",
         'CMD ["cat", "/app/built.txt"]',
     ]
+
+
+def reasons(result: BuildResult) -> dict[str, str | None]:
+    """Instruction -> the reason its record gives, for every step that ran."""
+    return {s.text: s.reason for s in result.steps if s.status == "executed"}
+
+
+def started_reasons(events: list[BuildEvent]) -> dict[str, str]:
+    return {e.text: e.reason for e in events if isinstance(e, StepStarted)}
+
+
+REASONS = """\
+FROM busybox
+ARG VERSION=1.0
+WORKDIR /app
+COPY src/ ./src/
+RUN echo $VERSION > version.txt
+"""
+
+
+def test_every_step_that_runs_says_why_in_its_event_and_its_record(
+    tmp_path: Path, store: LocalStore, base: BusyboxImage
+) -> None:
+    context = make_context(tmp_path / "ctx", REASONS, {"src/main.txt": "v1\n", "src/b.txt": "b"})
+
+    def run(version: str = "1.0", no_cache: bool = False) -> tuple[BuildResult, dict[str, str]]:
+        events: list[BuildEvent] = []
+        result = build(
+            context,
+            store=store,
+            build_args={"VERSION": version},
+            no_cache=no_cache,
+            on_event=events.append,
+        )
+        started = started_reasons(events)
+        assert started == reasons(result), "StepStarted and StepRecord must agree"
+        # Every executed step was announced, FROM included, and cached ones have no reason.
+        ran = [e.text for e in events if isinstance(e, StepExecuted)]
+        assert sorted(ran) == sorted(started)
+        assert all(s.reason is None for s in result.steps if s.status == "cached")
+        return result, started
+
+    _, first = run()
+    assert set(first.values()) == {"no recorded build of Dockerfile@stage-0 to compare with"}
+    assert len(first) == 4  # ARG is not a step
+
+    (context / "src" / "main.txt").write_text("v2\n")
+    _, changed = run()
+    assert changed == {
+        "COPY src/ ./src/": "src/main.txt changed",
+        "RUN echo $VERSION > version.txt": "parent step 3 changed",
+    }
+
+    _, new_arg = run("2.0")
+    assert new_arg == {"RUN echo $VERSION > version.txt": "build arg VERSION 1.0 -> 2.0"}
+
+    (context / "Dockerfile").write_text(REASONS + "RUN echo more > more.txt\n")
+    _, new_step = run("2.0")
+    assert new_step == {"RUN echo more > more.txt": "new step: not in the last recorded build"}
+
+    no_cache, forced = run("2.0", no_cache=True)
+    assert set(forced.values()) == {"--no-cache"}
+    assert no_cache.executed == len(no_cache.steps) == 5
+
+
+def test_a_step_the_store_cannot_deliver_says_so(
+    tmp_path: Path, store: LocalStore, base: BusyboxImage
+) -> None:
+    context = make_context(tmp_path / "ctx", REASONS, {"src/main.txt": "v1\n"})
+    first = build(context, store=store)
+    (layer,) = next(s for s in first.steps if s.text.startswith("RUN")).layers
+    hex_part = layer.digest.split(":")[1]
+    (store.root / "blobs" / "sha256" / hex_part[:2] / hex_part).unlink()  # evicted by hand
+    again = build(context, store=store)
+    assert reasons(again) == {"RUN echo $VERSION > version.txt": NOT_USABLE_REASON}
 
 
 def test_two_independent_stages_run_side_by_side(
@@ -701,6 +776,16 @@ def test_add_of_a_url_without_checksum_is_keyed_by_what_it_downloads(
         "RUN cp /data.txt /copy.txt",
         "RUN echo after",
     ]
+    # Explained against the keys the download refined, not the plan's "remote" placeholder.
+    old_digest = hashlib.sha256(b"v1\n").hexdigest()[:12]
+    new_digest = hashlib.sha256(b"v2 changed\n").hexdigest()[:12]
+    assert reasons(changed) == {
+        f"ADD {http_url} /data.txt": (
+            f"{http_url} content changed (sha256:{old_digest} -> sha256:{new_digest})"
+        ),
+        "RUN cp /data.txt /copy.txt": "parent step 2 changed",
+        "RUN echo after": "parent step 3 changed",
+    }
     assert (tree_of(store, changed, tmp_path / "out") / "copy.txt").read_text() == "v2 changed\n"
     # The recorded plan carries the refined keys, so the next build's keys match them.
     assert changed.plan.nodes[1].key != first.plan.nodes[1].key

@@ -1,9 +1,30 @@
 """MemoBuild: a daemonless, incremental container image builder that never does the same work twice.
 
-The Python API and the ``memobuild`` CLI are two faces on the same calls.
+The Python API and the ``memobuild`` CLI are two faces on the same calls::
+
+    import memobuild
+
+    result = memobuild.build("ctx", tag="app:1", outputs=["type=oci,dest=app-oci.tar"])
+    print(result.digest, result.metrics.cache_hit_rate(), [s.reason for s in result.steps])
+
+:func:`build` and the types it deals in (``BuildResult``, ``StepRecord``, ``BuildMetrics``,
+``OutputSpec``, ``OutputResult`` and the build events) load their modules on first use, so that
+``import memobuild``, and with it every CLI call, stays cheap.
 """
 
 from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+# The build subpackage (its __init__ is empty) is loaded here, before the function ``build``
+# below is defined: importing a subpackage sets it as an attribute of its parent, but only the
+# first time, so from here on ``memobuild.build`` stays the function, as ``memobuild.plan`` does.
+# Import the subpackage's modules by their full names (``from memobuild.build.events import
+# StepStarted``), which always works.
+import memobuild.build as _build_package  # noqa: F401
 
 # The version is Cargo.toml's, compiled into the extension (pyproject takes it from there too);
 # reading it there avoids importlib.metadata, which costs every CLI call ~15 ms.
@@ -12,13 +33,146 @@ from memobuild.errors import MemoBuildError
 from memobuild.hashing import TreeDigest, TreeEntry, hash_tree
 from memobuild.plan import Plan, PlanNode, plan
 
+if TYPE_CHECKING:
+    from memobuild.build.base import BuildContextSpec
+    from memobuild.build.events import (
+        BuildEvent,
+        BuildFailed,
+        BuildFinished,
+        BuildStarted,
+        EventCallback,
+        LayerBuilt,
+        OutputWritten,
+        StepCached,
+        StepExecuted,
+        StepOutput,
+        StepStarted,
+    )
+    from memobuild.build.executor import BuildResult, StepRecord
+    from memobuild.build.metrics import BuildMetrics
+    from memobuild.build.outputs import OutputResult, OutputSpec
+    from memobuild.build.secrets import SecretSource
+
 __all__ = [
+    "BuildEvent",
+    "BuildFailed",
+    "BuildFinished",
+    "BuildMetrics",
+    "BuildResult",
+    "BuildStarted",
+    "EventCallback",
+    "LayerBuilt",
     "MemoBuildError",
+    "OutputResult",
+    "OutputSpec",
+    "OutputWritten",
     "Plan",
     "PlanNode",
+    "StepCached",
+    "StepExecuted",
+    "StepOutput",
+    "StepRecord",
+    "StepStarted",
     "TreeDigest",
     "TreeEntry",
     "__version__",
+    "build",
     "hash_tree",
     "plan",
 ]
+
+# Names loaded on first use: name -> the module that defines it.
+_EVENTS = "memobuild.build.events"
+_LAZY = {
+    "BuildResult": "memobuild.build.executor",
+    "StepRecord": "memobuild.build.executor",
+    "BuildMetrics": "memobuild.build.metrics",
+    "OutputResult": "memobuild.build.outputs",
+    "OutputSpec": "memobuild.build.outputs",
+    **dict.fromkeys(
+        (
+            "BuildEvent",
+            "BuildFailed",
+            "BuildFinished",
+            "BuildStarted",
+            "EventCallback",
+            "LayerBuilt",
+            "OutputWritten",
+            "StepCached",
+            "StepExecuted",
+            "StepOutput",
+            "StepStarted",
+        ),
+        _EVENTS,
+    ),
+}
+
+
+if not TYPE_CHECKING:  # type checkers see the imports above, and so catch a misspelt name
+
+    def __getattr__(name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'memobuild' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # the next lookup is a plain attribute
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+def _many(value: Any) -> tuple[Any, ...]:
+    """One value or a sequence of them, as a tuple (a str is one value)."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, os.PathLike)) or not isinstance(value, Sequence):
+        return (value,)
+    return tuple(value)
+
+
+def build(
+    context: str | os.PathLike[str],
+    dockerfile: str | os.PathLike[str] = "Dockerfile",
+    *,
+    tag: str | Sequence[str] | None = None,
+    target: str | None = None,
+    build_args: Mapping[str, str] | None = None,
+    outputs: str | OutputSpec | Sequence[str | OutputSpec] = (),
+    no_cache: bool = False,
+    build_contexts: str | BuildContextSpec | Sequence[str | BuildContextSpec] = (),
+    secrets: str | SecretSource | Sequence[str | SecretSource] = (),
+    on_event: EventCallback | None = None,
+) -> BuildResult:
+    """Build an image, as ``memobuild build`` does, and return what happened.
+
+    ``context`` is the build context directory; a relative ``dockerfile`` is inside it.
+    ``tag`` (one name or several, ``name[:tag]``) saves the image in the local image store, like
+    ``-t``. ``target`` picks the stage (default: the last), ``build_args`` the ``--build-arg``
+    values. ``outputs`` take ``--output``'s syntax (``"type=oci,dest=app.tar"``,
+    ``"type=docker,dest=img.tar"``, ``"type=local,dest=rootfs"``, ``"type=tar,dest=fs.tar"``, a
+    bare directory) or :class:`OutputSpec` values; ``build_contexts`` and ``secrets`` the CLI's
+    ``NAME=oci-layout://PATH[:TAG]`` and ``id=ID,src=FILE|env=VAR``. Each of these takes one
+    value or a sequence. ``no_cache`` runs every step. ``on_event`` receives every build event
+    (``StepStarted``, ``StepCached``, ...), one call at a time, from the build's threads.
+
+    The cache is ``$MEMOBUILD_CACHE_DIR`` (default ``~/.cache/memobuild``). Returns a
+    :class:`BuildResult`: ``.digest``, ``.steps`` (each with its ``.status`` and, if it ran,
+    its ``.reason``), ``.metrics``, ``.outputs``. Raises ``BuildStepError`` when a step fails
+    and another :class:`MemoBuildError` for anything else that stops the build.
+    """
+    from memobuild.build.executor import build as run_build
+
+    return run_build(
+        context,
+        dockerfile,
+        target=target,
+        build_args=build_args,
+        tags=_many(tag),
+        outputs=_many(outputs),
+        build_contexts=_many(build_contexts),
+        secrets=_many(secrets),
+        no_cache=no_cache,
+        on_event=on_event,
+    )

@@ -24,6 +24,7 @@ __all__ = [
     "BuildStarted",
     "EventCallback",
     "LayerBuilt",
+    "OutputWritten",
     "StepCached",
     "StepExecuted",
     "StepOutput",
@@ -57,12 +58,15 @@ class StepCached:
 
 @dataclass(frozen=True)
 class StepStarted:
-    """A step missed the cache and starts running now."""
+    """A step missed the cache and starts running now; ``reason`` says why it missed, in
+    ``memobuild explain``'s words (``src/main.py changed``, ``build arg V 1 -> 2``,
+    ``--no-cache``)."""
 
     step: int
     stage: str
     text: str
     key: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,20 @@ class StepExecuted:
 
 
 @dataclass(frozen=True)
+class OutputWritten:
+    """The image (or its filesystem) was exported as one ``--output`` asked; ``digest`` is the
+    manifest digest for ``oci`` and ``docker`` outputs, None for ``local`` and ``tar``."""
+
+    type: str
+    dest: str
+    digest: str | None
+    bytes: int
+
+
+@dataclass(frozen=True)
 class BuildFinished:
-    """The build succeeded."""
+    """The build succeeded. ``bytes_written``: layer bytes this build added to the store plus
+    the bytes of its outputs; ``hit_rate``: the share of steps the cache answered (0.0-1.0)."""
 
     target: str
     image_digest: str  # the manifest digest: the image's identity
@@ -110,6 +126,8 @@ class BuildFinished:
     cached: int
     executed: int
     duration: float
+    bytes_written: int
+    hit_rate: float
 
 
 @dataclass(frozen=True)
@@ -128,6 +146,7 @@ BuildEvent = (
     | StepOutput
     | LayerBuilt
     | StepExecuted
+    | OutputWritten
     | BuildFinished
     | BuildFailed
 )

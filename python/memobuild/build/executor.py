@@ -1,13 +1,14 @@
 """The executor: runs a build plan, reusing every step the store already holds.
 
-Public API::
+Public API (``memobuild.build`` is the friendlier face on it)::
 
     build(context, dockerfile="Dockerfile", *, target=None, build_args=None, tags=(),
-          build_contexts=(), secrets=(), no_cache=False, store=None, on_event=None)
+          outputs=(), build_contexts=(), secrets=(), no_cache=False, store=None, on_event=None)
         -> BuildResult
-    BuildResult  .image .digest .manifest_digest .tags .steps .plan .duration
+    BuildResult  .image .digest .manifest_digest .tags .steps .plan .duration .metrics .outputs
                  .cached .executed .hit_rate
     StepRecord   .step .stage .text .key .status ("cached" | "executed") .duration .layers
+                 .reason (why it ran; None when cached)
 
 How a build runs (DESIGN.md, "Execution"):
 
@@ -32,6 +33,17 @@ How a build runs (DESIGN.md, "Execution"):
 * **ADD of a URL without --checksum.** The plan cannot know what the URL holds, so the build
   fetches it and refines the key with the content digest; every key downstream is refined
   with it (the build's plan, recorded for ``explain``, carries the refined keys).
+* **Reasons.** Before anything runs, ``explain`` (plan/explain.py) compares the plan with the
+  last recorded build, so that every step that runs says why (``StepStarted.reason``,
+  ``StepRecord.reason``). When every step hits, as in a no-change rebuild, only the existence
+  checks are paid. A step whose key a download refined is explained again, against the refined
+  plan, when it misses; one the store held when the build started but could not deliver (an
+  evicted entry, a corrupt blob) says so.
+* **Metrics and outputs.** After the image is made, each ``outputs`` spec is exported
+  (build/outputs.py; the specs are parsed before anything runs, so a bad one fails fast). Every
+  build, successful or not once it has a plan, leaves a record in the store's metrics log
+  (build/metrics.py) for ``memobuild stats``; a log that cannot be written costs a warning,
+  never the build.
 """
 
 from __future__ import annotations
@@ -42,8 +54,9 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from memobuild.build.base import BaseResolver, BuildContextSpec, parse_build_context
 from memobuild.build.events import (
@@ -53,6 +66,7 @@ from memobuild.build.events import (
     BuildStarted,
     EventCallback,
     LayerBuilt,
+    OutputWritten,
     StepCached,
     StepExecuted,
     StepOutput,
@@ -61,6 +75,15 @@ from memobuild.build.events import (
 from memobuild.build.fetch import Fetcher
 from memobuild.build.layers import source_date_epoch_from_env, take_snapshot, write_diff_layer
 from memobuild.build.materialise import SourceTrees, materialise
+from memobuild.build.metrics import (
+    FAILED,
+    INTERRUPTED,
+    MAX_ERROR_CHARS,
+    SUCCEEDED,
+    BuildMetrics,
+    BuildRecord,
+    MetricsLog,
+)
 from memobuild.build.planning import plan_build
 from memobuild.build.rootfs import ScratchArea, ScratchDir, remove_tree
 from memobuild.build.sandbox import Sandbox
@@ -75,26 +98,39 @@ from memobuild.errors import BuildStepError, InputError, MemoBuildError
 from memobuild.images import ImageStore
 from memobuild.logging import logger
 from memobuild.oci.image import Image, image_digest
-from memobuild.plan import Plan, PlanNode, key_of, record_plan
+from memobuild.plan import Plan, PlanNode, explain, key_of, record_plan
 from memobuild.plan.sources import is_remote_source
+
+if TYPE_CHECKING:
+    from memobuild.build.outputs import OutputResult, OutputSpec
 
 __all__ = ["BuildResult", "StepRecord", "build"]
 
 CACHED = "cached"
 EXECUTED = "executed"
+FAILED_STEP = "failed"  # only in the metrics of a failed build: a BuildResult has none
+
+NO_CACHE_REASON = "--no-cache"
+NOT_USABLE_REASON = (
+    "in the store when the build started, but not usable now (evicted, or a layer blob is "
+    "missing or corrupt)"
+)
+NOT_STORED_REASON = "not in the local store"
 
 
 @dataclass(frozen=True)
 class StepRecord:
-    """What happened to one step: answered by the cache, or run (``status``)."""
+    """What happened to one step: answered by the cache, or run (``status``), and for a step
+    that ran, why (``reason``, in ``memobuild explain``'s words; None for a cached step)."""
 
     step: int
     stage: str
     text: str
     key: str
-    status: str  # CACHED or EXECUTED
+    status: str  # CACHED or EXECUTED (FAILED_STEP only in a failed build's metrics)
     duration: float  # seconds spent on it in this build
     layers: tuple[LayerRef, ...]
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +138,8 @@ class BuildResult:
     """A finished build: the image, what each step did, and the plan it ran (refined keys).
 
     ``digest`` is the image's manifest digest (its identity, computed whether or not it was
-    saved); ``manifest_digest`` is set when the image was saved under ``tags``.
+    saved); ``manifest_digest`` is set when the image was saved under ``tags``. ``metrics``
+    are the numbers ``memobuild stats`` sums; ``outputs`` what each ``outputs`` spec wrote.
     """
 
     image: Image
@@ -112,6 +149,8 @@ class BuildResult:
     steps: tuple[StepRecord, ...]
     plan: Plan
     duration: float
+    metrics: BuildMetrics = field(default_factory=BuildMetrics)
+    outputs: tuple[OutputResult, ...] = ()
 
     @property
     def cached(self) -> int:
@@ -204,6 +243,11 @@ class _Rekeyer:
             self.nodes[node.id] = refined
             return refined
 
+    def snapshot(self) -> dict[int, PlanNode]:
+        """The nodes refined so far, by id (a copy: other stages may be refining more)."""
+        with self._lock:
+            return dict(self.nodes)
+
 
 @dataclass
 class _StageRun:
@@ -229,6 +273,7 @@ class _Build:
         no_cache: bool,
         epoch: int | None,
         emit: _Events,
+        reasons: Mapping[int, str],
     ) -> None:
         stages = plan.stages
         if stages is None:  # pragma: no cover - plan() always sets it
@@ -244,6 +289,11 @@ class _Build:
         self.file = _shown(plan.dockerfile)
         self.cancel = threading.Event()
         self.records: list[StepRecord] = []
+        self.reasons = reasons  # why each step the store could not answer would run, by id
+        self.stored_bytes = 0  # layer bytes this build added to the store
+        self.saved_time = 0.0  # what the cached steps took when they ran
+        self._refined_reasons: tuple[int, dict[int, str]] = (0, {})
+        self._running_reasons: dict[int, str] = {}
         self.chains: dict[int, StageChain] = {}
         self.rekey = _Rekeyer()
         self._lock = threading.Lock()
@@ -293,6 +343,40 @@ class _Build:
     def _check_cancel(self) -> None:
         if self.cancel.is_set():
             raise _Cancelled
+
+    def _failed(self, node: PlanNode, label: str, started: float) -> None:
+        """Record that ``node`` failed (for the metrics of the failed build), unless it was only
+        stopped because another stage failed."""
+        if self.cancel.is_set():
+            return
+        with self._lock:
+            reason = self._running_reasons.get(node.id)
+        duration = time.monotonic() - started
+        self._record(
+            StepRecord(node.number, label, node.text, node.key, FAILED_STEP, duration, (), reason)
+        )
+
+    # -- why a step runs ---------------------------------------------------------------------
+
+    def miss_reason(self, node: PlanNode) -> str:
+        """Why ``node`` runs: ``explain``'s reason from before the build (see the module
+        docstring), or for a key a download refined, the reason against the refined plan."""
+        if self.no_cache:
+            return NO_CACHE_REASON
+        refined = self.rekey.snapshot()
+        if node.id in refined:
+            return self._refined_reason(node, refined)
+        return self.reasons.get(node.id, NOT_USABLE_REASON)
+
+    def _refined_reason(self, node: PlanNode, refined: dict[int, PlanNode]) -> str:
+        with self._lock:
+            version, reasons = self._refined_reasons
+        if version != len(refined) or node.id not in reasons:
+            nodes = tuple(refined.get(n.id, n) for n in self.plan.nodes)
+            reasons = _miss_reasons(self.store, dataclasses.replace(self.plan, nodes=nodes))
+            with self._lock:
+                self._refined_reasons = (len(refined), reasons)
+        return reasons.get(node.id, NOT_USABLE_REASON)
 
     def abort(self) -> None:
         """Stop every stage: no new step starts, running commands are killed."""
@@ -346,12 +430,26 @@ class _Build:
     def _run_stage(self, index: int) -> None:
         stage = self.stages.stages[index]
         nodes = self._nodes_of(index)
-        run = _StageRun(stage, self.labels[index], self._initial_chain(stage))
+        label = self.labels[index]
+        started = time.monotonic()
         try:
-            self._from_step(self.rekey.refine(nodes[0], {}), run)
-            for node in nodes[1:]:
+            run = _StageRun(stage, label, self._initial_chain(stage))  # FROM's base image
+        except Exception:
+            self._failed(nodes[0], label, started)
+            raise
+        try:
+            for node in nodes:
                 self._check_cancel()
-                self._step(self.rekey.refine(node, self._fetch_remote(node)), run)
+                started = time.monotonic()
+                try:
+                    if node is nodes[0]:
+                        with self._key_lock(node.key):  # as _step: same base, one FROM runs
+                            self._from_step(self.rekey.refine(node, {}), run)
+                    else:
+                        self._step(self.rekey.refine(node, self._fetch_remote(node)), run)
+                except Exception:
+                    self._failed(node, label, started)
+                    raise
             self.chains[index] = run.chain
             if index in self.read_from and run.rootfs is not None:
                 self.trees.adopt_stage(index, run.rootfs)
@@ -371,6 +469,7 @@ class _Build:
     def _from_step(self, node: PlanNode, run: _StageRun) -> None:
         """FROM runs nothing; its entry marks the base as seen, so plan/explain report it."""
         started = time.monotonic()
+        reason = None
         if not self.no_cache and self.store.has_action(node.key):
             status = CACHED
             self.emit(
@@ -378,6 +477,10 @@ class _Build:
             )
         else:
             status = EXECUTED
+            reason = self.miss_reason(node)
+            with self._lock:
+                self._running_reasons[node.id] = reason
+            self.emit(StepStarted(node.number, run.label, node.text, node.key, reason))
             self.store.put_action(
                 ActionEntry(
                     key=node.key,
@@ -390,7 +493,9 @@ class _Build:
         duration = time.monotonic() - started
         if status == EXECUTED:
             self.emit(StepExecuted(node.number, run.label, node.text, node.key, duration, 0))
-        self._record(StepRecord(node.number, run.label, node.text, node.key, status, duration, ()))
+        self._record(
+            StepRecord(node.number, run.label, node.text, node.key, status, duration, (), reason)
+        )
 
     def _fetch_remote(self, node: PlanNode) -> dict[str, str]:
         """Download the remote ADD sources the plan could not key; source -> content digest."""
@@ -425,6 +530,7 @@ class _Build:
         started = time.monotonic()
         use_cache = not self.no_cache or node.key in self._fresh  # --no-cache: this build's own
         entry = self.store.get_action(node.key) if use_cache else None
+        reason: str | None = None
         if entry is not None:
             try:
                 run.chain.apply(
@@ -432,11 +538,14 @@ class _Build:
                 )
             except (ValueError, TypeError, KeyError) as err:
                 logger.warning(f"{node.label}: cached result is not usable ({err}); running it")
+                reason = f"the cached result is not usable ({err})"
                 entry = None
         if entry is not None:
             if run.rootfs is not None:  # already materialised: bring the tree up to date
                 materialise(self.store, entry.layers, run.rootfs)
             duration = time.monotonic() - started
+            with self._lock:
+                self.saved_time += entry.duration
             self.emit(StepCached(node.number, run.label, node.text, node.key, len(entry.layers)))
             self._record(
                 StepRecord(
@@ -444,13 +553,15 @@ class _Build:
                 )
             )
             return
-        self._execute(node, run, started)
+        self._execute(node, run, started, reason or self.miss_reason(node))
 
-    def _execute(self, node: PlanNode, run: _StageRun, started: float) -> None:
+    def _execute(self, node: PlanNode, run: _StageRun, started: float, reason: str) -> None:
         step = node.step
         if step is None:  # pragma: no cover - FROM nodes go to _from_step
             raise ValueError("FROM has nothing to execute")
-        self.emit(StepStarted(node.number, run.label, node.text, node.key))
+        with self._lock:
+            self._running_reasons[node.id] = reason
+        self.emit(StepStarted(node.number, run.label, node.text, node.key, reason))
         changes = {
             "config": config_changes(step, cmd_set=run.chain.cmd_set),
             "history": {"created_by": created_by(step, node.text), "comment": HISTORY_COMMENT},
@@ -479,7 +590,9 @@ class _Build:
         run.chain.apply(node.key, layers, changes, self._history_time(now))
         self.emit(StepExecuted(node.number, run.label, node.text, node.key, duration, len(layers)))
         self._record(
-            StepRecord(node.number, run.label, node.text, node.key, EXECUTED, duration, layers)
+            StepRecord(
+                node.number, run.label, node.text, node.key, EXECUTED, duration, layers, reason
+            )
         )
 
     def _filesystem_step(
@@ -521,9 +634,13 @@ class _Build:
             )
             if blob.entries == 0:
                 return ()
+            fresh = not self.store.has_blob(blob.digest)  # bytes_written counts new blobs only
             self.store.put_blob_file(blob.path, blob.digest)
         finally:
             out.unlink(missing_ok=True)
+        if fresh:
+            with self._lock:
+                self.stored_bytes += blob.size
         self.emit(
             LayerBuilt(node.number, run.label, blob.digest, blob.diff_id, blob.size, blob.entries)
         )
@@ -531,9 +648,10 @@ class _Build:
 
     def refined_plan(self) -> Plan:
         """The plan with the keys this build refined (what record_plan should keep)."""
-        if not self.rekey.nodes:
+        refined = self.rekey.snapshot()
+        if not refined:
             return self.plan
-        nodes = tuple(self.rekey.nodes.get(node.id, node) for node in self.plan.nodes)
+        nodes = tuple(refined.get(node.id, node) for node in self.plan.nodes)
         return dataclasses.replace(self.plan, nodes=nodes)
 
 
@@ -546,6 +664,98 @@ def _shown(path: Path) -> str:
     return str(path) if relative.startswith("..") else relative
 
 
+def _miss_reasons(store: LocalStore, plan: Plan) -> dict[int, str]:
+    """Why each node the store cannot answer would run, by node id (``explain``). When every
+    node hits, as in a no-change rebuild, only the existence checks are paid."""
+    missing = [node for node in plan.nodes if not store.has_action(node.key)]
+    if not missing:
+        return {}
+    try:
+        report = explain(store, plan)
+    except (MemoBuildError, OSError) as err:  # explaining must never stop a build
+        logger.warning(f"cannot explain the cache misses: {err}")
+        return {node.id: NOT_STORED_REASON for node in missing}
+    if not report.recorded:  # explain's hint (plan --record) is for explain, not a build
+        first = f"no recorded build of {plan.record_name} to compare with"
+        return {miss.node.id: first for miss in report.misses}
+    return {miss.node.id: miss.reason for miss in report.misses}
+
+
+def _parse_outputs(outputs: Sequence[str | OutputSpec]) -> tuple[OutputSpec, ...]:
+    """The output specs, parsed before anything runs (InputError names a bad one)."""
+    if not outputs:
+        return ()
+    if isinstance(outputs, str):
+        raise InputError(f"outputs must be a sequence of specs, not the string {outputs!r}")
+    from memobuild.build.outputs import OutputSpec, parse_output  # only builds that export
+
+    return tuple(o if isinstance(o, OutputSpec) else parse_output(o) for o in outputs)
+
+
+class _Progress:
+    """How far a build got: what the metrics of a failed build are made of. (A plain class:
+    a dataclass costs every build a fraction of a millisecond to create at import.)"""
+
+    __slots__ = ("output_bytes", "plan", "runner", "started", "started_at")
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.started_at = time.time()
+        self.plan: Plan | None = None
+        self.runner: _Build | None = None
+        self.output_bytes = 0
+
+    def metrics(self, records: Sequence[StepRecord] | None = None) -> BuildMetrics:
+        runner = self.runner
+        if records is None:
+            records = list(runner.records) if runner is not None else []
+        return BuildMetrics(
+            total=len(self.plan.nodes) if self.plan is not None else 0,
+            cached=sum(1 for r in records if r.status == CACHED),
+            executed=sum(1 for r in records if r.status == EXECUTED),
+            failed=sum(1 for r in records if r.status == FAILED_STEP),
+            duration=time.monotonic() - self.started,
+            step_time=sum(r.duration for r in records),
+            bytes_written=(runner.stored_bytes if runner is not None else 0) + self.output_bytes,
+            saved_time=runner.saved_time if runner is not None else 0.0,
+        )
+
+    def record(
+        self, status: str, metrics: BuildMetrics, image: str | None = None, error: str | None = None
+    ) -> BuildRecord | None:
+        """The metrics log's record of this build; None before it had a plan (a usage or
+        Dockerfile error is not a build)."""
+        plan = self.plan
+        if plan is None:
+            return None
+        return BuildRecord(
+            time=self.started_at,
+            status=status,
+            target=plan.target,
+            dockerfile=os.path.abspath(plan.dockerfile),
+            context=os.path.abspath(plan.context),
+            metrics=metrics,
+            image=image,
+            error=error,
+        )
+
+
+def _log_build(store: LocalStore, record: BuildRecord | None) -> None:
+    """Append ``record`` to the store's metrics log; a log that cannot be written is a warning."""
+    if record is None:
+        return
+    try:
+        MetricsLog(store).append(record)
+    except (MemoBuildError, OSError) as err:
+        logger.warning(f"the build was not logged for memobuild stats: {err}")
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    first = text[0] if text else type(err).__name__
+    return first if len(first) <= MAX_ERROR_CHARS else first[: MAX_ERROR_CHARS - 3] + "..."
+
+
 def build(
     context: str | os.PathLike[str],
     dockerfile: str | os.PathLike[str] = "Dockerfile",
@@ -553,6 +763,7 @@ def build(
     target: str | None = None,
     build_args: Mapping[str, str] | None = None,
     tags: Sequence[str] = (),
+    outputs: Sequence[str | OutputSpec] = (),
     build_contexts: Sequence[str | BuildContextSpec] = (),
     secrets: Sequence[str | SecretSource] = (),
     no_cache: bool = False,
@@ -562,15 +773,17 @@ def build(
     """Build ``target`` (default: the last stage) of ``dockerfile`` in ``context``.
 
     A relative ``dockerfile`` is inside the context. ``build_contexts`` and ``secrets`` take the
-    CLI's spellings (``NAME=oci-layout://PATH[:TAG]``, ``id=ID,src=FILE``) or parsed values.
+    CLI's spellings (``NAME=oci-layout://PATH[:TAG]``, ``id=ID,src=FILE``) or parsed values, and
+    ``outputs`` BuildKit's ``--output`` spellings (``type=oci,dest=out.tar``) or OutputSpecs.
     ``tags`` save the image in the local image store under those names. ``no_cache`` runs every
     step (and stores the results). ``store`` defaults to the store at ``$MEMOBUILD_CACHE_DIR``;
     ``on_event`` receives the build's events (build/events.py), one call at a time.
 
     Raises BuildStepError when a step fails, and the MemoBuildError of anything else that
-    stops the build (a Dockerfile error, a missing image or secret, the store).
+    stops the build (a Dockerfile error, a bad output spec, a missing image or secret, the
+    store). Every build that got as far as a plan is logged for ``memobuild stats``.
     """
-    started = time.monotonic()
+    progress = _Progress()
     emit = _Events(on_event)
     own_store = store is None
     active = store if store is not None else LocalStore()
@@ -582,20 +795,25 @@ def build(
                 target=target,
                 build_args=dict(build_args or {}),
                 tags=tuple(tags),
+                outputs=outputs,
                 build_contexts=build_contexts,
                 secrets=secrets,
                 no_cache=no_cache,
                 store=active,
                 emit=emit,
-                started=started,
+                progress=progress,
             )
-        except BuildStepError as err:
-            emit(BuildFailed(str(err), _step_number(err.step), err.exit_code))
+        except BaseException as err:
+            interrupted = isinstance(err, KeyboardInterrupt)
+            if isinstance(err, BuildStepError):
+                emit(BuildFailed(str(err), _step_number(err.step), err.exit_code))
+            elif isinstance(err, MemoBuildError) or interrupted:
+                emit(BuildFailed("interrupted" if interrupted else str(err)))
+            status = INTERRUPTED if interrupted else FAILED
+            message = "interrupted" if interrupted else _one_line(err)
+            _log_build(active, progress.record(status, progress.metrics(), error=message))
             raise
-        except (MemoBuildError, KeyboardInterrupt) as err:
-            message = "interrupted" if isinstance(err, KeyboardInterrupt) else str(err)
-            emit(BuildFailed(message))
-            raise
+        _log_build(active, progress.record(SUCCEEDED, result.metrics, image=result.digest))
     finally:
         if own_store:
             active.close()
@@ -614,13 +832,15 @@ def _build(
     target: str | None,
     build_args: dict[str, str],
     tags: tuple[str, ...],
+    outputs: Sequence[str | OutputSpec],
     build_contexts: Sequence[str | BuildContextSpec],
     secrets: Sequence[str | SecretSource],
     no_cache: bool,
     store: LocalStore,
     emit: _Events,
-    started: float,
+    progress: _Progress,
 ) -> BuildResult:
+    specs = _parse_outputs(outputs)  # a bad --output fails before anything runs
     contexts = [
         c if isinstance(c, BuildContextSpec) else parse_build_context(c) for c in build_contexts
     ]
@@ -629,6 +849,7 @@ def _build(
     secret_values = load_secrets(sources)  # a missing secret fails before anything runs
     resolver = BaseResolver(store, contexts)
     plan = plan_build(context, dockerfile, resolver, target=target, build_args=build_args)
+    progress.plan = plan
     for warning in plan.warnings:
         logger.warning(warning)
     emit(
@@ -641,6 +862,7 @@ def _build(
             levels=len(plan.stage_levels),
         )
     )
+    reasons = {} if no_cache else _miss_reasons(store, plan)  # before anything is stored
     area = ScratchArea(store.root)
     area.sweep()
     with area.create() as scratch:
@@ -653,7 +875,9 @@ def _build(
             no_cache=no_cache,
             epoch=epoch,
             emit=emit,
+            reasons=reasons,
         )
+        progress.runner = runner
         try:
             image = runner.run()
         except BaseException:
@@ -661,11 +885,13 @@ def _build(
             raise
         finally:
             runner.trees.release()
-    final_plan = runner.refined_plan()
-    record_plan(store, final_plan)
-    manifest_digest = ImageStore(store).save(image, list(tags)) if tags else None
-    digest = manifest_digest or image_digest(image)
+        final_plan = runner.refined_plan()
+        record_plan(store, final_plan)
+        manifest_digest = ImageStore(store).save(image, list(tags)) if tags else None
+        digest = manifest_digest or image_digest(image)
+        written = _export(specs, image, store, tags, scratch, emit, progress)
     records = tuple(sorted(runner.records, key=lambda r: r.step))
+    metrics = progress.metrics(records)
     result = BuildResult(
         image=image,
         digest=digest,
@@ -673,7 +899,9 @@ def _build(
         tags=tags,
         steps=records,
         plan=final_plan,
-        duration=time.monotonic() - started,
+        duration=metrics.duration,
+        metrics=metrics,
+        outputs=written,
     )
     emit(
         BuildFinished(
@@ -685,6 +913,32 @@ def _build(
             cached=result.cached,
             executed=result.executed,
             duration=result.duration,
+            bytes_written=metrics.bytes_written,
+            hit_rate=metrics.cache_hit_rate(),
         )
     )
     return result
+
+
+def _export(
+    specs: Sequence[OutputSpec],
+    image: Image,
+    store: LocalStore,
+    tags: tuple[str, ...],
+    scratch: ScratchDir,
+    emit: _Events,
+    progress: _Progress,
+) -> tuple[OutputResult, ...]:
+    """Write the image as each spec asks, in order; one OutputWritten event each."""
+    if not specs:
+        return ()
+    from memobuild.build.outputs import export_output
+
+    work = scratch.new_dir("outputs")
+    written = []
+    for spec in specs:
+        out = export_output(spec, image, store, tags=tags, scratch=work)
+        progress.output_bytes += out.bytes
+        emit(OutputWritten(out.type, out.dest, out.digest, out.bytes))
+        written.append(out)
+    return tuple(written)

@@ -8,6 +8,15 @@ from memobuild.commands import hash as hash_command
 from memobuild.commands import images as images_command
 from memobuild.commands import parse as parse_command
 from memobuild.commands import plan as plan_command
+from memobuild.commands import stats as stats_command
 
 # Each entry has add_parser(subparsers); the parser's func default runs the command.
-COMMANDS = [build_command, cache_command, hash_command, images_command, parse_command, plan_command]
+COMMANDS = [
+    build_command,
+    cache_command,
+    hash_command,
+    images_command,
+    parse_command,
+    plan_command,
+    stats_command,
+]

@@ -3,94 +3,47 @@
 Takes ``docker build``'s spelling: a context ``PATH`` (default ``.``), ``-f/--file`` (relative to
 the current directory, default ``PATH/Dockerfile``), ``-t/--tag`` (repeatable), ``--build-arg``,
 ``--target``, ``--no-cache``, ``--build-context NAME=oci-layout://PATH[:TAG]`` (or
-``docker-archive://FILE``, or a directory) and ``--secret id=ID,src=FILE|env=VAR``. Progress is
-one plain line per step, numbered like BuildKit's plain output::
+``docker-archive://FILE``, or a directory), ``--secret id=ID,src=FILE|env=VAR`` and
+``-o/--output`` in BuildKit's syntax (``type=oci|docker|local|tar,dest=...``, repeatable).
 
-    #3 CACHED step 3 COPY . /app
-    #4 RUN make
-    #4 cc -o app main.c
-    #4 DONE 2.1s
+Where things go, as with ``docker buildx build``: progress and the summary are for people and go
+to stderr (``--progress``, commands/progress.py: a live view on a terminal, plain lines
+elsewhere); stdout gets one line, the image digest, so ``IMAGE=$(memobuild build .)`` works.
+``--progress=json`` is for programs: stdout then carries every build event as a JSON line instead
+(the last is ``BuildFinished``, with ``image_digest``, or ``BuildFailed``). ``--events FILE``
+writes the same JSON lines to a file, whatever the progress mode.
 
-and a summary line at the end. ``--events FILE`` also writes every build event as a JSON line.
-SIGTERM stops a build the way Ctrl-C does: running steps are killed, the scratch directories
-removed, and everything already stored stays for the next build.
+Exit status: 0 built; 1 a step failed (or anything else failed while working); 2 a usage or
+Dockerfile error (cli.py). SIGTERM stops a build the way Ctrl-C does (130): running steps are
+killed, the scratch directories removed, and everything already stored stays for the next build.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import signal
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING
 
-from memobuild.build import events as ev
 from memobuild.commands.options import add_build_selection
 from memobuild.commands.plan import parse_build_args
+from memobuild.errors import InputError, MemoBuildError
 
 if TYPE_CHECKING:
-    from memobuild.build.executor import BuildResult
+    from memobuild.build.events import BuildEvent
+    from memobuild.commands.progress import Progress
 
-__all__ = ["add_parser", "run_build"]
+__all__ = ["PROGRESS_MODES", "add_parser", "run_build"]
 
-
-class _Printer:
-    """Turns build events into the plain progress lines (and JSON lines with --events)."""
-
-    def __init__(self, out: IO[str], events: IO[str] | None) -> None:
-        self.out = out
-        self.events = events
-
-    def __call__(self, event: ev.BuildEvent) -> None:
-        if self.events is not None:
-            self.events.write(json.dumps(ev.event_json(event), ensure_ascii=False) + "\n")
-            self.events.flush()
-        line = self._line(event)
-        if line is not None:
-            print(line, file=self.out, flush=True)
-
-    @staticmethod
-    def _line(event: ev.BuildEvent) -> str | None:
-        if isinstance(event, ev.BuildStarted):
-            stages = "1 stage" if event.stages == 1 else f"{event.stages} stages"
-            where = _shown(event.dockerfile)
-            return f"building {event.target} of {where}: {event.steps} steps in {stages}"
-        if isinstance(event, ev.StepCached):
-            return f"#{event.step} CACHED step {event.step} {event.text}"
-        if isinstance(event, ev.StepStarted):
-            return f"#{event.step} {event.text}"
-        if isinstance(event, ev.StepOutput):
-            return f"#{event.step} {event.line}"
-        if isinstance(event, ev.StepExecuted):
-            if event.text.startswith("FROM"):
-                return f"#{event.step} {event.text}"
-            return f"#{event.step} DONE {event.duration:.1f}s"
-        return None
+PROGRESS_MODES = ("auto", "tty", "plain", "json")
 
 
-def _shown(path: str) -> str:
-    """A path relative to the current directory when it is below it."""
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:
-        return path
-    return path if relative.startswith("..") else relative
-
-
-def _summary(result: BuildResult) -> str:
-    names = f", tagged {', '.join(result.tags)}" if result.tags else ""
-    return (
-        f"built {result.plan.target} in {result.duration:.1f}s: {len(result.steps)} steps, "
-        f"{result.cached} cached, {result.executed} executed; image {result.digest}{names}"
-    )
-
-
-@contextmanager
+@contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """Let SIGTERM unwind the build like Ctrl-C, so its clean-up runs."""
 
@@ -108,13 +61,35 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_build(args: argparse.Namespace) -> int:
-    from memobuild.build.executor import build
-
-    dockerfile = Path(args.file).absolute() if args.file else Path("Dockerfile")  # in PATH
-    build_args = parse_build_args(args.build_arg or (), os.environ)
-    events = open(args.events, "w", encoding="utf-8") if args.events else None  # noqa: SIM115
+def _open_events(path: str) -> IO[str]:
     try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"--events {path}: cannot write: {err.strerror or err}") from None
+
+
+def run_build(args: argparse.Namespace) -> int:
+    # Imported here, as every module a build needs: other commands start without them.
+    from memobuild.build import events as ev
+    from memobuild.build.executor import build
+    from memobuild.commands.progress import JsonLines, Tee, open_progress, progress_mode
+
+    mode = progress_mode(args.progress, sys.stderr)
+    renderers: list[Progress] = [open_progress(mode, sys.stdout if mode == "json" else sys.stderr)]
+    events = _open_events(args.events) if args.events else None
+    if events is not None:
+        renderers.append(JsonLines(events))
+    progress = Tee(renderers)
+    ended = False
+
+    def on_event(event: BuildEvent) -> None:
+        nonlocal ended
+        ended = ended or isinstance(event, ev.BuildFinished | ev.BuildFailed)
+        progress(event)
+
+    try:
+        dockerfile = Path(args.file).absolute() if args.file else Path("Dockerfile")  # in PATH
+        build_args = parse_build_args(args.build_arg or (), os.environ)
         with _sigterm_as_interrupt():
             result = build(
                 args.path,
@@ -122,16 +97,40 @@ def run_build(args: argparse.Namespace) -> int:
                 target=args.target,
                 build_args=build_args,
                 tags=tuple(args.tag or ()),
+                outputs=tuple(args.output or ()),
                 build_contexts=tuple(args.build_context or ()),
                 secrets=tuple(args.secret or ()),
                 no_cache=args.no_cache,
-                on_event=_Printer(sys.stdout, events),
+                on_event=on_event,
             )
+        if mode != "json":
+            print(result.digest, flush=True)
+    except MemoBuildError as err:
+        if not ended:  # failed before the build could say so: the event stream still ends
+            on_event(ev.BuildFailed(str(err)))
+        raise
+    except BrokenPipeError:
+        # Whoever read the progress or the digest went away (`| head`): the build stopped,
+        # cleaned up, and ends quietly, as other command-line tools do on a closed pipe.
+        _discard_output()
+        return 1
     finally:
+        progress.close()
         if events is not None:
             events.close()
-    print(_summary(result), flush=True)
     return 0
+
+
+def _discard_output() -> None:
+    """Point stdout and stderr at /dev/null, so that nothing written later (a buffer flushed at
+    exit, the live view's last frame) fails on the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -141,6 +140,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Build the target stage of a Dockerfile. Every step whose cache key the "
         "local store holds is reused without running; the others run isolated (bubblewrap, "
         "else chroot) and are stored for the next build.",
+        epilog="Progress and the summary (steps, cached, executed, hit rate, wall time, bytes "
+        "written, outputs, and why each executed step missed the cache) go to stderr; stdout "
+        "gets one line, the image digest. With --progress=json, stdout gets the build events "
+        "instead, one JSON object per line, ending with BuildFinished (image_digest) or "
+        "BuildFailed. Exit status: 0 built, 1 a step failed (or the build failed while "
+        "working), 2 a usage or Dockerfile error.",
     )
     p.add_argument("path", nargs="?", default=".", metavar="PATH", help="the build context")
     p.add_argument(
@@ -157,6 +162,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="save the image in the local image store under this name (repeatable)",
     )
     p.add_argument(
+        "-o",
+        "--output",
+        action="append",
+        metavar="SPEC",
+        help="also write the result: type=oci,dest=DIR|FILE.tar (OCI image layout), "
+        "type=docker,dest=FILE.tar (for docker load), type=local,dest=DIR (the root "
+        "filesystem), type=tar,dest=FILE; a bare DIR means type=local (repeatable)",
+    )
+    p.add_argument(
         "--no-cache", action="store_true", help="run every step (results are still stored)"
     )
     add_build_selection(p)
@@ -165,6 +179,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="append",
         metavar="id=ID,src=FILE|env=VAR",
         help="a secret RUN --mount=type=secret can read; never stored (repeatable)",
+    )
+    p.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        default="auto",
+        help="tty: a live view; plain: one line per step event, for logs; json: one JSON "
+        "event per line on stdout; auto (default): tty when stderr is a terminal, else plain",
     )
     p.add_argument(
         "--events", metavar="FILE", help="also write every build event to FILE as JSON lines"

@@ -29,12 +29,14 @@ from memobuild.dockerfile.instructions import (
 )
 from memobuild.plan.model import Plan, PlanNode
 from memobuild.plan.record import PlanStore, RecordedNode, RecordedPlan, recorded_plan
-from memobuild.plan.sources import SourceChange, diff_source
+from memobuild.plan.sources import SourceChange, diff_source, is_remote_source
 
 __all__ = ["ExplainReport", "Explanation", "explain"]
 
 # How many changed files a message names before it says "and N more".
 NAMED_CHANGES = 3
+# The key input of an ADD of a URL (without --checksum) before the build downloads it.
+REMOTE = "remote"
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,8 @@ def _describe_source(
         return done(f"new source {source}")
     if after is None:
         return done(f"source {source} no longer used")
+    if head == "source" and is_remote_source(source):
+        return done(_remote_change(source, before, after))
     new_index = plan.context_index
     if old_index is not None and new_index is not None:
         try:
@@ -225,6 +229,21 @@ def _describe_source(
             tail = f" (and {more} more)" if more else ""
             return done(named + tail, changes)
     return done(f"files matched by {source} changed")
+
+
+def _remote_change(url: str, before: str, after: str) -> str:
+    """An ADD of a URL is keyed by ``remote`` until the build downloads it, then by the
+    downloaded content's digest (the executor refines the key)."""
+    if after == REMOTE:
+        return f"{url} is downloaded when the build runs; the step runs if its content changed"
+    if before == REMOTE:
+        return f"{url} downloaded as {_short_digest(after)}; the recorded plan had not fetched it"
+    return f"{url} content changed ({_short_digest(before)} -> {_short_digest(after)})"
+
+
+def _short_digest(digest: str) -> str:
+    algorithm, _, hex_part = digest.partition(":")
+    return f"{algorithm}:{hex_part[:12]}" if hex_part else digest
 
 
 def _verb(change: str) -> str:

@@ -93,12 +93,13 @@ def _listing_name(digest: str) -> str:
 
 def record_plan(store: PlanStore, plan: Plan) -> None:
     """Record ``plan`` as the last build of its Dockerfile and target (what a build calls when
-    it finishes, and ``memobuild plan --record``)."""
+    it finishes, and ``memobuild plan --record``). A record that already says exactly this (a
+    no-change rebuild) is left as it is: rewriting it would cost two fsyncs for nothing."""
     listing: str | None = None
+    previous = store.get_record(PLAN_RECORD, plan.record_name)
     index = plan.context_index
     if index is not None:
         listing = _listing_name(index.digest)
-        previous = store.get_record(PLAN_RECORD, plan.record_name)
         already = isinstance(previous, dict) and previous.get("listing") == listing
         if not already:
             data = index.listing()
@@ -106,22 +107,20 @@ def record_plan(store: PlanStore, plan: Plan) -> None:
                 store.put_record(LISTING_RECORD, listing, data)
             else:
                 listing = None
-    store.put_record(
-        PLAN_RECORD,
-        plan.record_name,
-        {
-            "schema": PLAN_RECORD_SCHEMA,
-            "dockerfile": plan.dockerfile_name,
-            "target": plan.target,
-            "platform": plan.platform,
-            "context_digest": plan.context_digest,
-            "listing": listing,
-            "nodes": [
-                [n.stage_name, n.position, n.kind, n.text, n.key, [list(p) for p in n.preimage]]
-                for n in plan.nodes
-            ],
-        },
-    )
+    value = {
+        "schema": PLAN_RECORD_SCHEMA,
+        "dockerfile": plan.dockerfile_name,
+        "target": plan.target,
+        "platform": plan.platform,
+        "context_digest": plan.context_digest,
+        "listing": listing,
+        "nodes": [
+            [n.stage_name, n.position, n.kind, n.text, n.key, [list(p) for p in n.preimage]]
+            for n in plan.nodes
+        ],
+    }
+    if value != previous:
+        store.put_record(PLAN_RECORD, plan.record_name, value)
 
 
 def recorded_plan(store: PlanStore, name: str) -> RecordedPlan | None:
