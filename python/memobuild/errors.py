@@ -91,6 +91,34 @@ class NetworkError(MemoBuildError):
         self.retryable = retryable
 
 
+class RegistryError(NetworkError):
+    """A container registry refused or failed a request: says which registry, what was asked and
+    what it answered (``status``, and the Distribution API error ``code`` when it gave one)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, retryable=retryable)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+
+class RegistryAuthError(RegistryError):
+    """A registry refused the credentials given for it, or asked for credentials there are none
+    of. Never retried; the message names where the credentials came from, never the secret."""
+
+
+class RegistryNotFoundError(RegistryError):
+    """A registry has no such repository, tag, manifest or blob (404)."""
+
+
 class StorageError(MemoBuildError):
     """The local store could not read or write (disk full, permissions, I/O error)."""
 
