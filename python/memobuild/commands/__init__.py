@@ -8,6 +8,7 @@ from memobuild.commands import hash as hash_command
 from memobuild.commands import images as images_command
 from memobuild.commands import parse as parse_command
 from memobuild.commands import plan as plan_command
+from memobuild.commands import server as server_command
 from memobuild.commands import stats as stats_command
 
 # Each entry has add_parser(subparsers); the parser's func default runs the command.
@@ -18,5 +19,6 @@ COMMANDS = [
     images_command,
     parse_command,
     plan_command,
+    server_command,
     stats_command,
 ]
