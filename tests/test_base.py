@@ -562,7 +562,7 @@ def test_parse_build_context_forms(tmp_path: Path) -> None:
         ("base", "expected NAME=SOURCE"),
         ("=oci-layout:///x", "expected NAME=SOURCE"),
         ("Base=/x", "not a name FROM or COPY --from can use"),
-        ("base=docker-image://alpine", "registry"),
+        ("base=docker-image://Alpine", "repository name must be lowercase"),
         ("base=target:build", "not supported"),
         ("base=https://example.com/ctx.tar", "not supported"),
         ("base=s3://bucket/x", "unknown scheme 's3'"),
@@ -636,7 +636,7 @@ def test_unknown_images_say_what_to_do(store: LocalStore) -> None:
         BaseResolver(store).resolve("alpine:3.19")
     message = str(info.value)
     assert "'alpine:3.19' not found" in message
-    assert "registries is not supported yet" in message
+    assert "memobuild build pulls it from its registry" in message
     assert "--build-context alpine:3.19=oci-layout://PATH" in message
     assert "docker-archive://FILE" in message
     assert "-t alpine:3.19" in message
@@ -692,3 +692,33 @@ def test_image_config_feeds_load_stages(tmp_path: Path, store: LocalStore) -> No
     assert (stage.workdir, stage.user, stage.shell) == ("/work", "builder", ("/bin/bash", "-c"))
     with pytest.raises(ImageNotFoundError):
         load_stages(parse("FROM nothere\n"), resolve_image=resolver.image_config)
+
+
+def test_local_images_are_looked_up_for_the_platform(tmp_path: Path, store: LocalStore) -> None:
+    layer = Layer(tmp_path, {"srv/app": "app"})
+    store.put_blob_bytes(layer.blob)
+    other = Image(ImageConfig(), (layer.ref,), (), OTHER_ARCH, "linux")
+    ImageStore(store).save(other, ["multi:1"])
+    other_platform = Platform("linux", OTHER_ARCH)
+    assert BaseResolver(store).resolve("multi:1", other_platform) == other
+    with pytest.raises(ImageNotFoundError) as info:
+        BaseResolver(store).resolve("multi:1")  # for this host: not the image in the store
+    assert f"the local image is for linux/{OTHER_ARCH}, not {HOST}" in str(info.value)
+    never = BaseResolver(store, pull_policy="never", registry=lambda: pytest.fail("no registry"))
+    with pytest.raises(ImageNotFoundError, match=r"not in the local store for .*--pull=never"):
+        never.resolve("elsewhere:1")
+    with pytest.raises(InputError, match="--pull=sometimes: expected missing"):
+        BaseResolver(store, pull_policy="sometimes")
+
+
+def test_docker_image_contexts_name_a_registry_image(store: LocalStore) -> None:
+    spec = parse_build_context("base=docker-image://localhost:5000/team/base:1")
+    assert (spec.name, spec.kind, spec.image) == (
+        "base:latest",
+        "docker-image",
+        "localhost:5000/team/base:1",
+    )
+    resolver = BaseResolver(store, [spec])  # nothing on disk to check
+    assert resolver.context("base") == spec
+    with pytest.raises(ImageNotFoundError, match="localhost:5000/team/base:1"):
+        resolver.resolve("base")  # no registry given: the local store only, which lacks it

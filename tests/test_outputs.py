@@ -20,6 +20,7 @@ from memobuild.build.executor import BuildResult, build
 from memobuild.build.outputs import OutputResult, OutputSpec, export_output, parse_output
 from memobuild.cache.store import LocalStore
 from memobuild.errors import InputError, StorageError
+from memobuild.images import ImageStore
 from memobuild.oci.docker_archive import read_docker_archive
 from memobuild.oci.image import config_json, encode_image
 from memobuild.oci.layout import read_oci_layout
@@ -202,6 +203,18 @@ def test_output_spec_names_and_tar_choice() -> None:
     assert not parse_output("out").as_tar
     # str() gives a spelling that parses back to the same spec.
     assert parse_output(str(spec)) == spec
+    # type=image goes by name; type=registry is type=image,push=true, as in buildx.
+    pushed = parse_output('type=image,"name=r.example.com/a:1,r.example.com/b",push=true')
+    assert pushed == OutputSpec(
+        "image", None, "r.example.com/a:1,r.example.com/b", (("push", "true"),)
+    )
+    assert pushed.push and pushed.names == ("r.example.com/a:1", "r.example.com/b")
+    assert parse_output("type=registry,name=r.example.com/a:1").push
+    assert not parse_output("type=registry,name=r.example.com/a:1,push=false").push
+    assert not parse_output("type=image,name=app:1").push
+    assert parse_output(str(pushed)) == pushed
+    with pytest.raises(InputError, match="has no dest"):
+        _ = pushed.path
 
 
 @pytest.mark.parametrize(
@@ -210,8 +223,16 @@ def test_output_spec_names_and_tar_choice() -> None:
         ("", "empty"),
         ("-", "standard output"),
         ("dest=out", "type= is required"),
-        ("type=image,dest=out", "unknown type 'image': use -t NAME"),
-        ("type=registry,dest=out", "pushing to a registry is not supported"),
+        ("type=image,dest=out", "type=image has no dest=: it saves the image under name="),
+        ("type=registry,dest=out,name=r.example.com/a", "type=registry has no dest="),
+        ("type=image,name=r.example.com/a,push=maybe", "push='maybe' must be true or false"),
+        ("type=image,name=r.example.com/a@sha256:" + "0" * 64, "names a tag, not a digest"),
+        ("type=image,name=Not/Valid", "repository name must be lowercase"),
+        (
+            "type=image,name=a,tar=true",
+            r"unknown key 'tar' for type=image \(it takes name=, push=\)",
+        ),
+        ("type=cacheonly", "every build already fills the cache"),
         ("type=zip,dest=out", "unknown type 'zip'"),
         ("type=oci", "dest= is required"),
         ("type=docker,dest=", "dest= is required"),
@@ -611,5 +632,38 @@ def test_build_writes_its_outputs(tmp_path: Path) -> None:
 def test_a_bad_output_fails_the_build_before_any_step_runs(tmp_path: Path) -> None:
     with LocalStore(tmp_path / "cache") as store, pytest.raises(InputError, match="--output"):
         build_demo(tmp_path, store, outputs=("type=zip,dest=out",))
+    with LocalStore(tmp_path / "cache") as store:
+        assert list(store.root.glob("actions/*/*")) == []
+
+
+def test_type_image_saves_the_image_under_its_names(tmp_path: Path, demo: Demo) -> None:
+    out = demo.export("type=image,name=registry.example.com/team/demo:2")
+    assert out == OutputResult("image", "registry.example.com/team/demo:2", demo.result.digest, 0)
+    images = ImageStore(demo.store)
+    assert images.resolve_digest("registry.example.com/team/demo:2") == demo.result.digest
+    tagged = demo.export("type=image", tags=("demo-tag:3",))  # no name=: the -t names
+    assert tagged.dest == "demo-tag:3" and tagged.pushed == ()
+    assert images.load("demo-tag:3") == demo.image
+    with pytest.raises(InputError, match="give the image a name"):
+        demo.export("type=image")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"outputs": ("type=image",)}, "give the image a name"),
+        ({"outputs": ("type=registry",)}, "give the image a name"),
+        ({"push": True}, "--push needs -t NAME"),
+        ({"push": True, "tags": ("r.example.com/a@sha256:" + "0" * 64,)}, "not a digest"),
+        ({"pull": "sometimes"}, "--pull=sometimes: expected missing"),
+        ({"platform": "linux/"}, "--platform: invalid platform 'linux/'"),
+        ({"insecure_registries": ("http://r.example.com",)}, "without a scheme"),
+    ],
+)
+def test_registry_options_are_checked_before_any_step_runs(
+    tmp_path: Path, kwargs: dict[str, object], message: str
+) -> None:
+    with LocalStore(tmp_path / "cache") as store, pytest.raises(InputError, match=message):
+        build_demo(tmp_path, store, **kwargs)
     with LocalStore(tmp_path / "cache") as store:
         assert list(store.root.glob("actions/*/*")) == []

@@ -326,7 +326,13 @@ def test_environment_overrides(
     )
     monkeypatch.setenv("MEMOBUILD_REGISTRY_USER", "env-user")
     monkeypatch.setenv("MEMOBUILD_REGISTRY_PASSWORD", "env-pw")
-    found = resolve_credentials("ghcr.io")
+    # Without MEMOBUILD_REGISTRY_HOST they are for no registry: an error, never sent anywhere.
+    for host in ("ghcr.io", "docker.io"):
+        with pytest.raises(InputError, match="MEMOBUILD_REGISTRY_HOST is not") as unnamed:
+            resolve_credentials(host)
+        assert "env-pw" not in str(unnamed.value)
+    monkeypatch.setenv("MEMOBUILD_REGISTRY_HOST", "GHCR.io")
+    found = resolve_credentials("ghcr.io")  # named: the environment beats the config file
     assert found is not None and (found.username, found.password) == ("env-user", "env-pw")
     monkeypatch.setenv("MEMOBUILD_REGISTRY_HOST", "registry.example.com, quay.io")
     found = resolve_credentials("ghcr.io")  # not listed: the config file's
@@ -696,6 +702,7 @@ def test_tls_is_verified_unless_asked(
     store = LocalStore(tmp_path / "s")
     monkeypatch.setenv("MEMOBUILD_REGISTRY_USER", USER)
     monkeypatch.setenv("MEMOBUILD_REGISTRY_PASSWORD", PASSWORD)
+    monkeypatch.setenv("MEMOBUILD_REGISTRY_HOST", secure_registry.host)
     image = make_random_image(store, tmp_path / "img", layer_bytes=16 << 10)
     with (
         RegistryClient(RegistryOptions(retry=FAST_RETRY)) as client,
@@ -734,6 +741,7 @@ def test_authentication_refused_and_accepted(
 
         monkeypatch.setenv("MEMOBUILD_REGISTRY_USER", USER)
         monkeypatch.setenv("MEMOBUILD_REGISTRY_PASSWORD", "wrong-" + PASSWORD)
+        monkeypatch.setenv("MEMOBUILD_REGISTRY_HOST", secure_registry.host)
         with secure_client(secure_registry) as client, pytest.raises(RegistryAuthError) as wrong:
             push(image, store, ref, client=client)
         assert "refused the credentials from MEMOBUILD_REGISTRY_USER" in str(wrong.value)
@@ -803,6 +811,7 @@ def test_bearer_token_flow(
         push(image, store, public, client=client)  # anonymous: no push access
     monkeypatch.setenv("MEMOBUILD_REGISTRY_USER", USER)
     monkeypatch.setenv("MEMOBUILD_REGISTRY_PASSWORD", "wrong")
+    monkeypatch.setenv("MEMOBUILD_REGISTRY_HOST", token_registry.host)
     with RegistryClient(options) as client, pytest.raises(RegistryAuthError) as wrong:
         push(image, store, public, client=client)
     assert "refused the credentials from MEMOBUILD_REGISTRY_USER" in str(wrong.value)

@@ -6,9 +6,11 @@ TCP proxy in front of it (tests/flaky_proxy.py) or from the server's own disk an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -347,8 +349,9 @@ def test_server_down_the_whole_time_misses_with_one_warning(
     assert runner.local.get_action(key_of("RUN local work")) is not None
     stats = runner.cache.stats
     assert stats.misses == 9
-    assert stats.remote_failures == 3  # then the breaker opened: no more tries
-    assert stats.retries == 6  # 3 operations x 2 retries each
+    # One operation could not connect on any of its 3 attempts: the breaker opened at once.
+    assert stats.remote_failures == 1
+    assert stats.retries == 2
     assert stats.remote_disabled
     assert not runner.cache.remote_enabled
     assert (report.uploaded, report.skipped, report.unfinished) == (0, 1, ())
@@ -356,7 +359,58 @@ def test_server_down_the_whole_time_misses_with_one_warning(
     [warning] = warnings_in(logs)
     assert "switched off" in warning
     assert "Connection refused" in warning
+    assert "could not connect, 3 attempts" in warning
     assert elapsed < 5
+
+
+@contextlib.contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A port whose connections never complete, as a host that drops packets: a listening
+    socket with a backlog of 0 that never accepts, its one queue slot already taken, so the
+    kernel drops every further SYN and each connect waits for its timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = int(listener.getsockname()[1])
+        waiting = []
+        try:
+            for _ in range(2):
+                sock = socket.socket()
+                sock.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    sock.connect(("127.0.0.1", port))
+                waiting.append(sock)
+            time.sleep(0.1)
+            yield port
+        finally:
+            for sock in waiting:
+                sock.close()
+
+
+def test_a_host_that_never_answers_costs_one_operation_of_connect_timeouts(
+    tmp_path: Path, logs: list[tuple[str, str]]
+) -> None:
+    # The default timeouts and retry policy: what a build on a runner would see.
+    with unanswered_port() as port:
+        root = tmp_path / "r"
+        root.mkdir()
+        local = LocalStore(root / "cache")
+        remote = RemoteCache(f"http://127.0.0.1:{port}", policy=RetryPolicy(initial=0.01))
+        cache = HybridCache(local, remote)
+        started = time.monotonic()
+        for n in range(8):
+            assert cache.get_action(key_of(f"step {n}")) is None
+        cache.put_action(make_entry("RUN local work"))
+        report = cache.close(30)
+        elapsed = time.monotonic() - started
+    stats = cache.stats
+    assert stats.remote_failures == 1 and stats.retries == 2 and stats.remote_disabled
+    assert (report.uploaded, report.skipped) == (0, 1)
+    # 3 attempts of the 2 s connect timeout, then nothing more is tried.
+    assert 5.5 < elapsed < 9
+    [warning] = warnings_in(logs)
+    assert "switched off" in warning and "could not connect" in warning
+    local.close()
 
 
 def test_a_flaky_connection_is_survived_through_retries(
@@ -505,6 +559,21 @@ def test_uploads_run_in_the_background_and_finish_before_close(
     assert runner.cache.close(0) is report  # closing again changes nothing
     with RemoteCache(server.url, policy=FAST) as direct:
         assert all(direct.get_action(e.key) == e for e in entries)
+
+
+def test_a_blob_two_entries_share_is_uploaded_once(server: RunningServer, tmp_path: Path) -> None:
+    # Every connection waits 0.3 s, so both upload workers are in flight at once.
+    with FlakyProxy(upstream(server), Faults(delay=1.0, delay_seconds=0.3)) as proxy:
+        runner = Runner(tmp_path / "r", proxy.url, upload_workers=2)
+        shared = make_layer(runner.cache, tmp_path, 300_000, 21)
+        entries = [make_entry(f"RUN {n}", shared) for n in range(2)]
+        for entry in entries:
+            runner.cache.put_action(entry)
+        report = runner.close(timeout=60)
+    assert (report.uploaded, report.failed) == (2, 0)
+    sent = [e for e in runner.of(RemoteSync) if e.kind == "blob"]
+    assert [(e.digest, e.size) for e in sent] == [(shared.digest, shared.size)]
+    assert runner.cache.stats.bytes_uploaded == shared.size
 
 
 def test_close_is_bounded_when_the_server_is_stopped(

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -156,6 +157,83 @@ def test_put_blob_file_with_wrong_digest_when_the_blob_exists(
     with pytest.raises(CASIntegrityError):
         store.put_blob_file(src, digest)
     assert store.read_blob(digest) == good
+
+
+def test_put_blob_stream_writes_once_and_verifies(store: LocalStore, tmp_path: Path) -> None:
+    data = os.urandom(3 * (1 << 20) + 17)
+    pieces = [data[i : i + 65536] for i in range(0, len(data), 65536)]
+    digest = sha(data)
+    assert store.put_blob_stream(iter(pieces), digest, len(data)) == digest
+    assert store.read_blob(digest) == data
+    assert store.usage().blobs == 1 and store.usage().blob_bytes == len(data)
+    # A binary file is read to its end, in large pieces, not line by line.
+    other = os.urandom(100_000).replace(b"\n", b"x") + b"\n" * 3
+    src = tmp_path / "blob"
+    src.write_bytes(other)
+    with open(src, "rb") as f:
+        assert store.put_blob_stream(f, sha(other)) == sha(other)
+    assert store.read_blob(sha(other)) == other
+    assert files_under(store.root / "tmp") == []
+
+
+def test_put_blob_stream_refuses_wrong_content_and_stores_nothing(store: LocalStore) -> None:
+    data, announced = b"what arrived" * 1000, b"what was announced"
+    with pytest.raises(CASIntegrityError) as info:
+        store.put_blob_stream([data[:5000], data[5000:]], sha(announced), where="GET blob x")
+    assert info.value.expected == sha(announced) and info.value.actual == sha(data)
+    assert info.value.size == len(data) and "GET blob x" in str(info.value)
+    # The right digest but a size that is not the blob's is refused too.
+    with pytest.raises(CASIntegrityError, match=f"only {len(data)} of {len(data) + 1} bytes"):
+        store.put_blob_stream([data], sha(data), len(data) + 1)
+    assert files_under(store.root / "blobs") == [] and files_under(store.root / "tmp") == []
+    assert store.usage().blobs == 0
+
+
+def test_put_blob_stream_stops_at_the_size_and_on_errors(store: LocalStore) -> None:
+    data = b"x" * 4096
+    taken: list[int] = []
+
+    def endless() -> Iterator[bytes]:
+        while True:
+            taken.append(len(data))
+            yield data
+
+    with pytest.raises(CASIntegrityError, match="more than its 10000 bytes"):
+        store.put_blob_stream(endless(), sha(data * 3), 10_000)
+    assert len(taken) == 3  # refused at the chunk that went past the size, not read to the end
+
+    def broken() -> Iterator[bytes]:
+        yield data
+        raise ConnectionResetError("the peer went away")
+
+    with pytest.raises(ConnectionResetError):
+        store.put_blob_stream(broken(), sha(data * 2))
+    assert files_under(store.root / "blobs") == [] and files_under(store.root / "tmp") == []
+    with pytest.raises(InvalidDigestError):
+        store.put_blob_stream([data], "sha256:../../etc/passwd")
+
+
+def test_blob_writer_resets_and_leaves_a_stored_blob_alone(store: LocalStore) -> None:
+    data = os.urandom(200_000)
+    with store.blob_writer(sha(data), len(data)) as writer:
+        writer.write(os.urandom(50_000))  # a first attempt that broke off
+        writer.reset()
+        assert writer.offset == 0
+        writer.write(data[:120_000])
+        assert writer.offset == 120_000
+        writer.write(data[120_000:])
+        assert writer.commit() == sha(data)
+    assert store.read_blob(sha(data)) == data
+    with pytest.raises(ValueError, match="closed"):
+        writer.write(b"more")
+    # An impostor for a stored blob fails its check and the stored copy stays as it was.
+    with pytest.raises(CASIntegrityError):
+        store.put_blob_stream([os.urandom(len(data))], sha(data))
+    assert store.read_blob(sha(data)) == data
+    # A writer given up without a commit leaves nothing behind.
+    with store.blob_writer(sha(b"never")) as abandoned:
+        abandoned.write(b"nev")
+    assert files_under(store.root / "tmp") == []
 
 
 def test_put_blob_file_bad_sources(store: LocalStore, tmp_path: Path) -> None:

@@ -40,9 +40,14 @@ if TYPE_CHECKING:
         BuildFailed,
         BuildFinished,
         BuildStarted,
+        CacheHit,
+        CacheMiss,
         EventCallback,
         LayerBuilt,
         OutputWritten,
+        RemoteDisabled,
+        RemoteIntegrityFailure,
+        RemoteSync,
         StepCached,
         StepExecuted,
         StepOutput,
@@ -52,6 +57,7 @@ if TYPE_CHECKING:
     from memobuild.build.metrics import BuildMetrics
     from memobuild.build.outputs import OutputResult, OutputSpec
     from memobuild.build.secrets import SecretSource
+    from memobuild.cache.options import CacheOption
 
 __all__ = [
     "BuildEvent",
@@ -60,6 +66,8 @@ __all__ = [
     "BuildMetrics",
     "BuildResult",
     "BuildStarted",
+    "CacheHit",
+    "CacheMiss",
     "EventCallback",
     "LayerBuilt",
     "MemoBuildError",
@@ -68,6 +76,9 @@ __all__ = [
     "OutputWritten",
     "Plan",
     "PlanNode",
+    "RemoteDisabled",
+    "RemoteIntegrityFailure",
+    "RemoteSync",
     "StepCached",
     "StepExecuted",
     "StepOutput",
@@ -95,9 +106,14 @@ _LAZY = {
             "BuildFailed",
             "BuildFinished",
             "BuildStarted",
+            "CacheHit",
+            "CacheMiss",
             "EventCallback",
             "LayerBuilt",
             "OutputWritten",
+            "RemoteDisabled",
+            "RemoteIntegrityFailure",
+            "RemoteSync",
             "StepCached",
             "StepExecuted",
             "StepOutput",
@@ -144,6 +160,13 @@ def build(
     build_contexts: str | BuildContextSpec | Sequence[str | BuildContextSpec] = (),
     secrets: str | SecretSource | Sequence[str | SecretSource] = (),
     on_event: EventCallback | None = None,
+    cache_from: str | CacheOption | None = None,
+    cache_to: str | CacheOption | None = None,
+    remote_token: str | None = None,
+    pull: str = "missing",
+    platform: str | None = None,
+    insecure_registries: str | Sequence[str] = (),
+    push: bool = False,
 ) -> BuildResult:
     """Build an image, as ``memobuild build`` does, and return what happened.
 
@@ -156,6 +179,21 @@ def build(
     ``NAME=oci-layout://PATH[:TAG]`` and ``id=ID,src=FILE|env=VAR``. Each of these takes one
     value or a sequence. ``no_cache`` runs every step. ``on_event`` receives every build event
     (``StepStarted``, ``StepCached``, ...), one call at a time, from the build's threads.
+
+    ``cache_from`` and ``cache_to`` name a shared remote cache to pull from and push to, as
+    ``--cache-from``/``--cache-to`` do (``"http://cache:8080"`` or
+    ``"type=memobuild,url=http://cache:8080"``); with neither, ``$MEMOBUILD_REMOTE_URL`` is
+    used if set. ``remote_token`` defaults to ``$MEMOBUILD_REMOTE_TOKEN``. A remote cache that
+    fails never fails the build; ``result.remote_hits``, ``.local_hits`` and ``.uploads`` say
+    what it did.
+
+    Base images the local store lacks are pulled from their registries. ``pull`` is
+    ``--pull``: ``"missing"`` (the default), ``"always"`` (ask the registry for the tag's
+    current image) or ``"never"``; ``platform`` is ``--platform`` (``"linux/arm64"``; default
+    this host's); ``insecure_registries`` (``"localhost:5000"``, one or several) may be spoken
+    to over plain HTTP or unverified TLS. ``push=True`` pushes the image to each ``tag``, as
+    ``--push`` does (``outputs=["type=image,name=REF,push=true"]`` pushes to REF); each pushed
+    output's ``.digest`` and ``.pushed`` references are in ``result.outputs``.
 
     The cache is ``$MEMOBUILD_CACHE_DIR`` (default ``~/.cache/memobuild``). Returns a
     :class:`BuildResult`: ``.digest``, ``.steps`` (each with its ``.status`` and, if it ran,
@@ -175,4 +213,11 @@ def build(
         secrets=_many(secrets),
         no_cache=no_cache,
         on_event=on_event,
+        cache_from=cache_from,
+        cache_to=cache_to,
+        remote_token=remote_token,
+        pull=pull,
+        platform=platform,
+        insecure_registries=_many(insecure_registries),
+        push=push,
     )

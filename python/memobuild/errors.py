@@ -216,11 +216,12 @@ def from_os_error(err: OSError, what: str = "path") -> MemoBuildError:
 
 
 class ImageNotFoundError(InputError):
-    """A base image (FROM, COPY --from) is not scratch, a named build context or a local image.
+    """A base image (FROM, COPY --from) that nothing provides: not scratch, not a named build
+    context, not in the local store, and not pulled (``--pull=never``, or its registry has no
+    such repository or tag, said in ``detail``).
 
-    Registry pulls are not implemented yet, so the message lists every way MemoBuild can find an
-    image today: a user who wrote ``FROM alpine`` needs to know what to do next, not only that
-    the lookup failed.
+    The message lists every way MemoBuild finds an image: a user who wrote ``FROM alpine``
+    needs to know what to do next, not only that the lookup failed.
     """
 
     def __init__(self, ref: str, detail: str | None = None) -> None:
@@ -228,11 +229,12 @@ class ImageNotFoundError(InputError):
         self.detail = detail
         extra = f" ({detail})" if detail else ""
         super().__init__(
-            f"image {ref!r} not found{extra}: pulling from registries is not supported yet; "
-            f"give it as a named build context, --build-context {ref}=oci-layout://PATH[:TAG] "
-            f"or --build-context {ref}=docker-archive://FILE (from docker save), or build it "
-            f"with memobuild and tag it with -t {ref} first (memobuild images lists the local "
-            "images)"
+            f"image {ref!r} not found{extra}: memobuild build pulls it from its registry "
+            f"(docker.io unless the name starts with a host, as in localhost:5000/app) unless "
+            f"--pull=never; or give it as a named build context, --build-context "
+            f"{ref}=oci-layout://PATH[:TAG] or --build-context {ref}=docker-archive://FILE "
+            f"(from docker save), or build it with memobuild and tag it with -t {ref} first "
+            "(memobuild images lists the local images)"
         )
 
 

@@ -8,6 +8,13 @@ is a faithful copy.
 
 Events from stages running in parallel arrive from several threads; the executor serialises the
 calls, so a callback never runs twice at once and needs no locking of its own.
+
+A build with a remote cache (``--cache-from``/``--cache-to``) also reports the hybrid cache's
+events (cache/remote_events.py): ``CacheHit`` and ``CacheMiss`` by tier for each lookup,
+``RemoteSync`` for each completed transfer (direction, bytes, duration; uploads come from
+background threads, all before ``BuildFinished``), ``RemoteIntegrityFailure`` for a download
+that failed verification and was discarded, and ``RemoteDisabled`` when the remote was switched
+off for the rest of the build. A build without a remote cache sends none of them.
 """
 
 from __future__ import annotations
@@ -17,14 +24,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from memobuild.cache.remote_events import (
+    LOCAL,
+    CacheHit,
+    CacheMiss,
+    RemoteDisabled,
+    RemoteIntegrityFailure,
+    RemoteSync,
+)
+
 __all__ = [
+    "REMOTE_CACHE_EVENTS",
     "BuildEvent",
     "BuildFailed",
     "BuildFinished",
     "BuildStarted",
+    "CacheHit",
+    "CacheMiss",
     "EventCallback",
     "LayerBuilt",
     "OutputWritten",
+    "RemoteDisabled",
+    "RemoteIntegrityFailure",
+    "RemoteSync",
     "StepCached",
     "StepExecuted",
     "StepOutput",
@@ -47,13 +69,16 @@ class BuildStarted:
 
 @dataclass(frozen=True)
 class StepCached:
-    """A step's result came from the cache: its layers were chained, nothing ran."""
+    """A step's result came from the cache: its layers were chained, nothing ran. ``tier``
+    says which cache answered: ``"local"``, or ``"remote"`` (downloaded, verified and stored
+    locally in this build)."""
 
     step: int  # 1-based, as messages say "step N"
     stage: str
     text: str
     key: str
     layers: int
+    tier: str = LOCAL
 
 
 @dataclass(frozen=True)
@@ -116,7 +141,13 @@ class OutputWritten:
 @dataclass(frozen=True)
 class BuildFinished:
     """The build succeeded. ``bytes_written``: layer bytes this build added to the store plus
-    the bytes of its outputs; ``hit_rate``: the share of steps the cache answered (0.0-1.0)."""
+    the bytes of its outputs; ``hit_rate``: the share of steps the cache answered (0.0-1.0).
+
+    ``local_hits + remote_hits == cached``. ``remote_cache`` says whether a remote cache was
+    configured; then ``uploads`` counts the action entries stored on it (with their layers),
+    ``upload_failures`` those that could not be, ``integrity_failures`` the downloads that
+    failed verification (discarded, the step rebuilt), and ``bytes_downloaded`` and
+    ``bytes_uploaded`` the layer bytes moved."""
 
     target: str
     image_digest: str  # the manifest digest: the image's identity
@@ -128,6 +159,14 @@ class BuildFinished:
     duration: float
     bytes_written: int
     hit_rate: float
+    local_hits: int = 0
+    remote_hits: int = 0
+    remote_cache: bool = False
+    uploads: int = 0
+    upload_failures: int = 0
+    integrity_failures: int = 0
+    bytes_downloaded: int = 0
+    bytes_uploaded: int = 0
 
 
 @dataclass(frozen=True)
@@ -149,8 +188,15 @@ BuildEvent = (
     | OutputWritten
     | BuildFinished
     | BuildFailed
+    | CacheHit
+    | CacheMiss
+    | RemoteSync
+    | RemoteIntegrityFailure
+    | RemoteDisabled
 )
 EventCallback = Callable[[BuildEvent], None]
+# The events only a build with a remote cache sends (for isinstance).
+REMOTE_CACHE_EVENTS = (CacheHit, CacheMiss, RemoteSync, RemoteIntegrityFailure, RemoteDisabled)
 
 
 def event_json(event: BuildEvent) -> dict[str, Any]:

@@ -3,12 +3,14 @@
 Public API (``memobuild.build`` is the friendlier face on it)::
 
     build(context, dockerfile="Dockerfile", *, target=None, build_args=None, tags=(),
-          outputs=(), build_contexts=(), secrets=(), no_cache=False, store=None, on_event=None)
+          outputs=(), build_contexts=(), secrets=(), no_cache=False, store=None, on_event=None,
+          cache_from=None, cache_to=None, remote_token=None, pull="missing", platform=None,
+          insecure_registries=(), push=False)
         -> BuildResult
     BuildResult  .image .digest .manifest_digest .tags .steps .plan .duration .metrics .outputs
-                 .cached .executed .hit_rate
+                 .cache_stats .cached .executed .hit_rate .local_hits .remote_hits .uploads
     StepRecord   .step .stage .text .key .status ("cached" | "executed") .duration .layers
-                 .reason (why it ran; None when cached)
+                 .reason (why it ran; None when cached) .tier ("local" | "remote" when cached)
 
 How a build runs (DESIGN.md, "Execution"):
 
@@ -39,6 +41,15 @@ How a build runs (DESIGN.md, "Execution"):
   checks are paid. A step whose key a download refined is explained again, against the refined
   plan, when it misses; one the store held when the build started but could not deliver (an
   evicted entry, a corrupt blob) says so.
+* **A remote cache.** With ``cache_from``/``cache_to`` (or ``$MEMOBUILD_REMOTE_URL``) the
+  steps' own lookups and stores go through a HybridCache (cache/hybrid.py): local store first,
+  then the remote; executed steps (and local hits the push remote lacks) upload in the
+  background. Only those call sites use it: planning, ``explain``, base images, sources,
+  materialising and the image store keep the local store, so nothing else reaches the network
+  or is counted twice. The build waits for its uploads once, after the image is made and
+  before ``BuildFinished``, for at most ``DEFAULT_CLOSE_TIMEOUT`` seconds (a failed build
+  ``FAILED_CLOSE_TIMEOUT``, an interrupted one ``INTERRUPTED_CLOSE_TIMEOUT``); a remote
+  problem never fails the build. Without a remote, the HTTP client is never imported.
 * **Metrics and outputs.** After the image is made, each ``outputs`` spec is exported
   (build/outputs.py; the specs are parsed before anything runs, so a bad one fails fast). Every
   build, successful or not once it has a plan, leaves a record in the store's metrics log
@@ -91,6 +102,7 @@ from memobuild.build.secrets import SecretSource, load_secrets, parse_secret_fla
 from memobuild.build.state import HISTORY_COMMENT, StageChain, config_changes, created_by, rfc3339
 from memobuild.build.steps import StepExit, StepResources, execute_step, needs_rootfs
 from memobuild.cache.entries import ActionEntry, LayerRef
+from memobuild.cache.remote_events import LOCAL, CacheStats, RemoteCacheEvent
 from memobuild.cache.store import LocalStore
 from memobuild.dockerfile.instructions import AddInstruction
 from memobuild.dockerfile.stages import BuildStages, Stage
@@ -98,11 +110,15 @@ from memobuild.errors import BuildStepError, InputError, MemoBuildError
 from memobuild.images import ImageStore
 from memobuild.logging import logger
 from memobuild.oci.image import Image, image_digest
+from memobuild.oci.platform import parse_platform
+from memobuild.oci.session import RegistrySession
 from memobuild.plan import Plan, PlanNode, explain, key_of, record_plan
 from memobuild.plan.sources import is_remote_source
 
 if TYPE_CHECKING:
     from memobuild.build.outputs import OutputResult, OutputSpec
+    from memobuild.cache.hybrid import HybridCache
+    from memobuild.cache.options import CacheOption
 
 __all__ = ["BuildResult", "StepRecord", "build"]
 
@@ -116,6 +132,13 @@ NOT_USABLE_REASON = (
     "missing or corrupt)"
 )
 NOT_STORED_REASON = "not in the local store"
+
+# Seconds a build waits for its remote-cache uploads at the end: a successful build (uploads
+# are what the next runner builds from), a failed one (its finished steps are still worth
+# sharing), an interrupted one (the user wants out).
+DEFAULT_CLOSE_TIMEOUT = 60.0
+FAILED_CLOSE_TIMEOUT = 10.0
+INTERRUPTED_CLOSE_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True)
@@ -131,6 +154,7 @@ class StepRecord:
     duration: float  # seconds spent on it in this build
     layers: tuple[LayerRef, ...]
     reason: str | None = None
+    tier: str | None = None  # which cache answered a cached step: "local" or "remote"
 
 
 @dataclass(frozen=True)
@@ -139,7 +163,8 @@ class BuildResult:
 
     ``digest`` is the image's manifest digest (its identity, computed whether or not it was
     saved); ``manifest_digest`` is set when the image was saved under ``tags``. ``metrics``
-    are the numbers ``memobuild stats`` sums; ``outputs`` what each ``outputs`` spec wrote.
+    are the numbers ``memobuild stats`` sums; ``outputs`` what each ``outputs`` spec wrote;
+    ``cache_stats`` the remote cache's counters (None when the build had no remote cache).
     """
 
     image: Image
@@ -151,6 +176,20 @@ class BuildResult:
     duration: float
     metrics: BuildMetrics = field(default_factory=BuildMetrics)
     outputs: tuple[OutputResult, ...] = ()
+    cache_stats: CacheStats | None = None
+
+    @property
+    def local_hits(self) -> int:
+        return self.metrics.local_hits
+
+    @property
+    def remote_hits(self) -> int:
+        return self.metrics.remote_hits
+
+    @property
+    def uploads(self) -> int:
+        """Action entries this build stored on the remote cache."""
+        return self.metrics.uploads
 
     @property
     def cached(self) -> int:
@@ -199,17 +238,32 @@ def _located(err: MemoBuildError, file: str, node: PlanNode) -> MemoBuildError:
 
 
 class _Events:
-    """Serialises ``on_event`` calls from the stage threads."""
+    """Serialises ``on_event`` calls from the stage threads (and the remote cache's upload
+    threads, until ``end_cache_events``)."""
 
     def __init__(self, callback: EventCallback | None) -> None:
         self._callback = callback
         self._lock = threading.Lock()
+        self._cache_open = True
 
     def __call__(self, event: BuildEvent) -> None:
         if self._callback is None:
             return
         with self._lock:
             self._callback(event)
+
+    def cache_event(self, event: RemoteCacheEvent) -> None:
+        """An event of the hybrid cache; dropped once the build has closed it, so an upload
+        given up at the end never reports after the build's last event."""
+        if self._callback is None:
+            return
+        with self._lock:
+            if self._cache_open:
+                self._callback(event)
+
+    def end_cache_events(self) -> None:
+        with self._lock:
+            self._cache_open = False
 
 
 class _Rekeyer:
@@ -274,6 +328,7 @@ class _Build:
         epoch: int | None,
         emit: _Events,
         reasons: Mapping[int, str],
+        cache: HybridCache | None = None,
     ) -> None:
         stages = plan.stages
         if stages is None:  # pragma: no cover - plan() always sets it
@@ -281,6 +336,8 @@ class _Build:
         self.plan = plan
         self.stages: BuildStages = stages
         self.store = store
+        # The steps' own lookups and stores only (see the module docstring); None: local only.
+        self.cache = cache
         self.resolver = resolver
         self.scratch = scratch
         self.no_cache = no_cache
@@ -339,6 +396,27 @@ class _Build:
     def _record(self, record: StepRecord) -> None:
         with self._lock:
             self.records.append(record)
+
+    # -- the action cache: the local store, or the hybrid cache in front of a remote ---------
+
+    def _lookup(self, key: str) -> tuple[ActionEntry | None, str]:
+        """A step's entry (None: a miss) and the tier that answered."""
+        if self.cache is None:
+            return self.store.get_action(key), LOCAL
+        entry, tier = self.cache.lookup(key)
+        return entry, tier or LOCAL
+
+    def _probe(self, key: str) -> str | None:
+        """The tier that holds ``key`` (None: a miss), for FROM, which needs no entry."""
+        if self.cache is None:
+            return LOCAL if self.store.has_action(key) else None
+        return self.cache.probe(key)
+
+    def _put_action(self, entry: ActionEntry) -> None:
+        if self.cache is None:
+            self.store.put_action(entry)
+        else:
+            self.cache.put_action(entry)
 
     def _check_cancel(self) -> None:
         if self.cancel.is_set():
@@ -470,10 +548,11 @@ class _Build:
         """FROM runs nothing; its entry marks the base as seen, so plan/explain report it."""
         started = time.monotonic()
         reason = None
-        if not self.no_cache and self.store.has_action(node.key):
+        tier = None if self.no_cache else self._probe(node.key)
+        if tier is not None:
             status = CACHED
             self.emit(
-                StepCached(node.number, run.label, node.text, node.key, len(run.chain.layers))
+                StepCached(node.number, run.label, node.text, node.key, len(run.chain.layers), tier)
             )
         else:
             status = EXECUTED
@@ -481,7 +560,7 @@ class _Build:
             with self._lock:
                 self._running_reasons[node.id] = reason
             self.emit(StepStarted(node.number, run.label, node.text, node.key, reason))
-            self.store.put_action(
+            self._put_action(
                 ActionEntry(
                     key=node.key,
                     layers=(),
@@ -494,7 +573,9 @@ class _Build:
         if status == EXECUTED:
             self.emit(StepExecuted(node.number, run.label, node.text, node.key, duration, 0))
         self._record(
-            StepRecord(node.number, run.label, node.text, node.key, status, duration, (), reason)
+            StepRecord(
+                node.number, run.label, node.text, node.key, status, duration, (), reason, tier
+            )
         )
 
     def _fetch_remote(self, node: PlanNode) -> dict[str, str]:
@@ -529,7 +610,7 @@ class _Build:
     def _hit_or_run(self, node: PlanNode, run: _StageRun) -> None:
         started = time.monotonic()
         use_cache = not self.no_cache or node.key in self._fresh  # --no-cache: this build's own
-        entry = self.store.get_action(node.key) if use_cache else None
+        entry, tier = self._lookup(node.key) if use_cache else (None, LOCAL)
         reason: str | None = None
         if entry is not None:
             try:
@@ -546,10 +627,19 @@ class _Build:
             duration = time.monotonic() - started
             with self._lock:
                 self.saved_time += entry.duration
-            self.emit(StepCached(node.number, run.label, node.text, node.key, len(entry.layers)))
+            self.emit(
+                StepCached(node.number, run.label, node.text, node.key, len(entry.layers), tier)
+            )
             self._record(
                 StepRecord(
-                    node.number, run.label, node.text, node.key, CACHED, duration, entry.layers
+                    node.number,
+                    run.label,
+                    node.text,
+                    node.key,
+                    CACHED,
+                    duration,
+                    entry.layers,
+                    tier=tier,
                 )
             )
             return
@@ -584,7 +674,7 @@ class _Build:
             created=now,
             duration=duration,
         )
-        self.store.put_action(entry)
+        self._put_action(entry)
         with self._lock:
             self._fresh.add(node.key)
         run.chain.apply(node.key, layers, changes, self._history_time(now))
@@ -635,7 +725,7 @@ class _Build:
             if blob.entries == 0:
                 return ()
             fresh = not self.store.has_blob(blob.digest)  # bytes_written counts new blobs only
-            self.store.put_blob_file(blob.path, blob.digest)
+            (self.cache or self.store).put_blob_file(blob.path, blob.digest)
         finally:
             out.unlink(missing_ok=True)
         if fresh:
@@ -681,43 +771,77 @@ def _miss_reasons(store: LocalStore, plan: Plan) -> dict[int, str]:
     return {miss.node.id: miss.reason for miss in report.misses}
 
 
-def _parse_outputs(outputs: Sequence[str | OutputSpec]) -> tuple[OutputSpec, ...]:
-    """The output specs, parsed before anything runs (InputError names a bad one)."""
-    if not outputs:
+def _parse_outputs(
+    outputs: Sequence[str | OutputSpec], tags: Sequence[str], push: bool
+) -> tuple[OutputSpec, ...]:
+    """The output specs, and with ``push`` one image output per tag to push, parsed and
+    checked before anything runs (InputError names a bad one)."""
+    if not outputs and not push:
         return ()
     if isinstance(outputs, str):
         raise InputError(f"outputs must be a sequence of specs, not the string {outputs!r}")
-    from memobuild.build.outputs import OutputSpec, parse_output  # only builds that export
+    from memobuild.build.outputs import (  # only builds that export
+        OutputSpec,
+        check_outputs,
+        parse_output,
+        push_outputs,
+    )
 
-    return tuple(o if isinstance(o, OutputSpec) else parse_output(o) for o in outputs)
+    specs = tuple(o if isinstance(o, OutputSpec) else parse_output(o) for o in outputs)
+    specs += push_outputs(tags) if push else ()
+    check_outputs(specs, tags)
+    return specs
 
 
 class _Progress:
     """How far a build got: what the metrics of a failed build are made of. (A plain class:
     a dataclass costs every build a fraction of a millisecond to create at import.)"""
 
-    __slots__ = ("output_bytes", "plan", "runner", "started", "started_at")
+    __slots__ = ("cache", "output_bytes", "plan", "runner", "started", "started_at")
 
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.started_at = time.time()
         self.plan: Plan | None = None
         self.runner: _Build | None = None
+        self.cache: HybridCache | None = None
         self.output_bytes = 0
 
-    def metrics(self, records: Sequence[StepRecord] | None = None) -> BuildMetrics:
+    def close_cache(self, timeout: float) -> CacheStats | None:
+        """Wait (at most ``timeout`` seconds) for the remote cache's uploads, close it, and
+        return its counters; None without a remote cache. Never raises for the remote."""
+        cache = self.cache
+        if cache is None:
+            return None
+        cache.close(timeout)
+        return cache.stats
+
+    def metrics(
+        self, records: Sequence[StepRecord] | None = None, stats: CacheStats | None = None
+    ) -> BuildMetrics:
         runner = self.runner
         if records is None:
             records = list(runner.records) if runner is not None else []
+        cached = [r for r in records if r.status == CACHED]
+        remote_hits = sum(1 for r in cached if r.tier is not None and r.tier != LOCAL)
+        if stats is None:
+            stats = CacheStats()
         return BuildMetrics(
             total=len(self.plan.nodes) if self.plan is not None else 0,
-            cached=sum(1 for r in records if r.status == CACHED),
+            cached=len(cached),
             executed=sum(1 for r in records if r.status == EXECUTED),
             failed=sum(1 for r in records if r.status == FAILED_STEP),
             duration=time.monotonic() - self.started,
             step_time=sum(r.duration for r in records),
             bytes_written=(runner.stored_bytes if runner is not None else 0) + self.output_bytes,
             saved_time=runner.saved_time if runner is not None else 0.0,
+            local_hits=len(cached) - remote_hits,
+            remote_hits=remote_hits,
+            uploads=stats.uploads,
+            upload_failures=stats.upload_failures,
+            integrity_failures=stats.verification_failures,
+            bytes_downloaded=stats.bytes_downloaded,
+            bytes_uploaded=stats.bytes_uploaded,
         )
 
     def record(
@@ -769,6 +893,13 @@ def build(
     no_cache: bool = False,
     store: LocalStore | None = None,
     on_event: EventCallback | None = None,
+    cache_from: str | CacheOption | None = None,
+    cache_to: str | CacheOption | None = None,
+    remote_token: str | None = None,
+    pull: str = "missing",
+    platform: str | None = None,
+    insecure_registries: Sequence[str] = (),
+    push: bool = False,
 ) -> BuildResult:
     """Build ``target`` (default: the last stage) of ``dockerfile`` in ``context``.
 
@@ -779,6 +910,20 @@ def build(
     step (and stores the results). ``store`` defaults to the store at ``$MEMOBUILD_CACHE_DIR``;
     ``on_event`` receives the build's events (build/events.py), one call at a time.
 
+    ``cache_from`` pulls from a remote cache and ``cache_to`` pushes to one (``--cache-from``/
+    ``--cache-to`` spellings: ``type=memobuild,url=URL`` or a bare ``http(s)://`` URL, or a
+    parsed CacheOption); with neither, ``$MEMOBUILD_REMOTE_URL`` (if set) does both.
+    ``remote_token`` defaults to ``$MEMOBUILD_REMOTE_TOKEN``. A remote cache never fails the
+    build: it degrades to the local store with one warning.
+
+    Base images the local store lacks are pulled from their registries: ``pull`` is docker's
+    ``--pull`` (``missing``, ``always``, ``never``; build/base.py), ``platform`` the target
+    platform (``os/arch[/variant]``, default this host's: what FROM pulls, and TARGETPLATFORM),
+    ``insecure_registries`` the ``host[:port]`` registries that may be spoken to over plain
+    HTTP or unverified TLS. ``push`` pushes the image to every ``tags`` name (an
+    ``type=image,push=true`` output each; the pushed digests are in ``BuildResult.outputs``).
+    The registry client is made only if a registry is needed, and closed when the build ends.
+
     Raises BuildStepError when a step fails, and the MemoBuildError of anything else that
     stops the build (a Dockerfile error, a bad output spec, a missing image or secret, the
     store). Every build that got as far as a plan is logged for ``memobuild stats``.
@@ -787,8 +932,11 @@ def build(
     emit = _Events(on_event)
     own_store = store is None
     active = store if store is not None else LocalStore()
+    registry: RegistrySession | None = None
     try:
         try:
+            registry = RegistrySession(insecure_registries)  # no client until one is needed
+            progress.cache = _open_cache(active, cache_from, cache_to, remote_token, emit)
             result = _build(
                 context,
                 dockerfile,
@@ -802,22 +950,49 @@ def build(
                 store=active,
                 emit=emit,
                 progress=progress,
+                pull=pull,
+                platform=platform,
+                push=push,
+                registry=registry,
             )
         except BaseException as err:
             interrupted = isinstance(err, KeyboardInterrupt)
+            stats = progress.close_cache(
+                INTERRUPTED_CLOSE_TIMEOUT if interrupted else FAILED_CLOSE_TIMEOUT
+            )
+            emit.end_cache_events()
             if isinstance(err, BuildStepError):
                 emit(BuildFailed(str(err), _step_number(err.step), err.exit_code))
             elif isinstance(err, MemoBuildError) or interrupted:
                 emit(BuildFailed("interrupted" if interrupted else str(err)))
             status = INTERRUPTED if interrupted else FAILED
             message = "interrupted" if interrupted else _one_line(err)
-            _log_build(active, progress.record(status, progress.metrics(), error=message))
+            metrics = progress.metrics(stats=stats)
+            _log_build(active, progress.record(status, metrics, error=message))
             raise
         _log_build(active, progress.record(SUCCEEDED, result.metrics, image=result.digest))
     finally:
+        if registry is not None:
+            registry.close()
         if own_store:
             active.close()
     return result
+
+
+def _open_cache(
+    store: LocalStore,
+    cache_from: str | CacheOption | None,
+    cache_to: str | CacheOption | None,
+    token: str | None,
+    emit: _Events,
+) -> HybridCache | None:
+    """The hybrid cache for the build's remote options, or None (the local store alone). Only
+    a build with a remote imports what one needs (the HTTP client)."""
+    from memobuild.cache.options import open_build_cache, remote_configured
+
+    if not remote_configured(cache_from, cache_to):
+        return None
+    return open_build_cache(store, cache_from, cache_to, token=token, on_event=emit.cache_event)
 
 
 def _step_number(label: str) -> int:
@@ -839,16 +1014,28 @@ def _build(
     store: LocalStore,
     emit: _Events,
     progress: _Progress,
+    pull: str,
+    platform: str | None,
+    push: bool,
+    registry: RegistrySession,
 ) -> BuildResult:
-    specs = _parse_outputs(outputs)  # a bad --output fails before anything runs
+    specs = _parse_outputs(outputs, tags, push)  # a bad --output fails before anything runs
+    target_platform = str(parse_platform(platform)) if platform is not None else None
     contexts = [
         c if isinstance(c, BuildContextSpec) else parse_build_context(c) for c in build_contexts
     ]
     sources = [s if isinstance(s, SecretSource) else parse_secret_flag(s) for s in secrets]
     epoch = _source_date_epoch(build_args)
     secret_values = load_secrets(sources)  # a missing secret fails before anything runs
-    resolver = BaseResolver(store, contexts)
-    plan = plan_build(context, dockerfile, resolver, target=target, build_args=build_args)
+    resolver = BaseResolver(store, contexts, pull_policy=pull, registry=registry)
+    plan = plan_build(
+        context,
+        dockerfile,
+        resolver,
+        target=target,
+        build_args=build_args,
+        platform=target_platform,
+    )
     progress.plan = plan
     for warning in plan.warnings:
         logger.warning(warning)
@@ -876,6 +1063,7 @@ def _build(
             epoch=epoch,
             emit=emit,
             reasons=reasons,
+            cache=progress.cache,
         )
         progress.runner = runner
         try:
@@ -889,9 +1077,12 @@ def _build(
         record_plan(store, final_plan)
         manifest_digest = ImageStore(store).save(image, list(tags)) if tags else None
         digest = manifest_digest or image_digest(image)
-        written = _export(specs, image, store, tags, scratch, emit, progress)
+        written = _export(specs, image, store, tags, scratch, emit, progress, registry)
+    # The image is made: now wait (bounded) for the uploads, and stop the cache's events.
+    stats = progress.close_cache(DEFAULT_CLOSE_TIMEOUT)
+    emit.end_cache_events()
     records = tuple(sorted(runner.records, key=lambda r: r.step))
-    metrics = progress.metrics(records)
+    metrics = progress.metrics(records, stats)
     result = BuildResult(
         image=image,
         digest=digest,
@@ -902,6 +1093,7 @@ def _build(
         duration=metrics.duration,
         metrics=metrics,
         outputs=written,
+        cache_stats=stats,
     )
     emit(
         BuildFinished(
@@ -915,6 +1107,14 @@ def _build(
             duration=result.duration,
             bytes_written=metrics.bytes_written,
             hit_rate=metrics.cache_hit_rate(),
+            local_hits=metrics.local_hits,
+            remote_hits=metrics.remote_hits,
+            remote_cache=stats is not None,
+            uploads=metrics.uploads,
+            upload_failures=metrics.upload_failures,
+            integrity_failures=metrics.integrity_failures,
+            bytes_downloaded=metrics.bytes_downloaded,
+            bytes_uploaded=metrics.bytes_uploaded,
         )
     )
     return result
@@ -928,6 +1128,7 @@ def _export(
     scratch: ScratchDir,
     emit: _Events,
     progress: _Progress,
+    registry: RegistrySession,
 ) -> tuple[OutputResult, ...]:
     """Write the image as each spec asks, in order; one OutputWritten event each."""
     if not specs:
@@ -937,7 +1138,7 @@ def _export(
     work = scratch.new_dir("outputs")
     written = []
     for spec in specs:
-        out = export_output(spec, image, store, tags=tags, scratch=work)
+        out = export_output(spec, image, store, tags=tags, scratch=work, registry=registry)
         progress.output_bytes += out.bytes
         emit(OutputWritten(out.type, out.dest, out.digest, out.bytes))
         written.append(out)

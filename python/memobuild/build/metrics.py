@@ -81,6 +81,11 @@ def _count(data: Mapping[str, Any], name: str) -> int:
     return value
 
 
+def _optional_count(data: Mapping[str, Any], name: str) -> int:
+    """A count that records written before it existed lack: 0 then."""
+    return _count(data, name) if name in data else 0
+
+
 def _seconds(data: Mapping[str, Any], name: str) -> float:
     value = data[name]
     if (
@@ -116,6 +121,12 @@ class BuildMetrics:
     ``duration`` is wall time, ``step_time`` the sum of the steps' own durations (cache lookups
     included), ``bytes_written`` the layer bytes the build added to the store plus the bytes of
     its outputs, and ``saved_time`` what the cached steps took when they last ran.
+
+    The cache tiers: ``local_hits + remote_hits == cached`` (a build without a remote cache
+    has only local hits). With a remote cache, ``uploads`` counts the action entries this
+    build stored on it, ``upload_failures`` those it could not, ``integrity_failures`` the
+    downloads that failed verification (discarded; the step was rebuilt), and
+    ``bytes_downloaded``/``bytes_uploaded`` the layer bytes moved.
     """
 
     total: int = 0
@@ -126,6 +137,13 @@ class BuildMetrics:
     step_time: float = 0.0
     bytes_written: int = 0
     saved_time: float = 0.0
+    local_hits: int = 0
+    remote_hits: int = 0
+    uploads: int = 0
+    upload_failures: int = 0
+    integrity_failures: int = 0
+    bytes_downloaded: int = 0
+    bytes_uploaded: int = 0
 
     @property
     def steps(self) -> int:
@@ -145,14 +163,10 @@ class BuildMetrics:
         if not isinstance(other, BuildMetrics):
             return NotImplemented
         return BuildMetrics(
-            total=self.total + other.total,
-            cached=self.cached + other.cached,
-            executed=self.executed + other.executed,
-            failed=self.failed + other.failed,
-            duration=self.duration + other.duration,
-            step_time=self.step_time + other.step_time,
-            bytes_written=self.bytes_written + other.bytes_written,
-            saved_time=self.saved_time + other.saved_time,
+            **{
+                item.name: getattr(self, item.name) + getattr(other, item.name)
+                for item in fields(self)
+            }
         )
 
     def to_json(self) -> dict[str, int | float]:
@@ -174,9 +188,22 @@ class BuildMetrics:
                 step_time=_seconds(data, "step_time"),
                 bytes_written=_count(data, "bytes_written"),
                 saved_time=_seconds(data, "saved_time"),
+                **{name: _optional_count(data, name) for name in _TIER_COUNTS},
             )
         except KeyError as err:
             raise ValueError(f"metrics lack {err}") from None
+
+
+# BuildMetrics' counts that records logged before remote caches lack.
+_TIER_COUNTS = (
+    "local_hits",
+    "remote_hits",
+    "uploads",
+    "upload_failures",
+    "integrity_failures",
+    "bytes_downloaded",
+    "bytes_uploaded",
+)
 
 
 @dataclass(frozen=True)

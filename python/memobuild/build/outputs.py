@@ -2,7 +2,7 @@
 
 ``--output`` takes what ``docker buildx build --output`` takes: comma-separated ``key=value``
 fields (CSV, so a value with a comma can be quoted), or a bare path, which is short for
-``type=local,dest=PATH``. Four types are written, each to ``dest``:
+``type=local,dest=PATH``. Four types are written to ``dest``, and one goes by name:
 
 ``type=oci``
     An OCI image layout: a directory (updated in place, other images in it kept), or one tar
@@ -19,6 +19,12 @@ fields (CSV, so a value with a comma can be quoted), or a bare path, which is sh
 ``type=tar``
     The same root filesystem as one tar file (entries sorted, no ``./`` prefix, no root entry,
     PAX headers only where ustar cannot hold a field: the layer writer's format).
+``type=image,name=REF[,push=true]``
+    The image under each name (``name=``, else the ``-t`` tags) in the local image store, and
+    with ``push=true`` pushed to each name's registry (``oci/push.py``: blobs the repository
+    has are skipped, others mounted or uploaded, the manifest last). ``type=registry,name=REF``
+    is ``type=image,push=true``, as in buildx; ``memobuild build --push`` adds one such output
+    per ``-t`` tag. The result's digest is the manifest digest the registry stored.
 
 Every file output is written beside its destination and renamed into place, so a reader never
 sees half an archive and a failed export leaves the previous one whole.
@@ -51,25 +57,30 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from memobuild.build.base import RegistryProvider
 from memobuild.build.layers import write_tree_layer
 from memobuild.build.materialise import materialise
 from memobuild.build.rootfs import ScratchArea, remove_tree
 from memobuild.cache.store import LocalStore
-from memobuild.errors import CASIntegrityError, InputError, StorageError
+from memobuild.errors import CASIntegrityError, InputError, MemoBuildError, StorageError
+from memobuild.images import ImageStore
 from memobuild.oci.docker_archive import repo_tags, write_docker_archive
 from memobuild.oci.image import Image, encode_image
 from memobuild.oci.layout import COPY_CHUNK, qualified_image_name, write_oci_layout
+from memobuild.oci.reference import parse_reference
 from memobuild.verify import Hasher
 
 __all__ = [
     "OUTPUT_TYPES",
     "OutputResult",
     "OutputSpec",
+    "check_outputs",
     "export_output",
     "parse_output",
+    "push_outputs",
 ]
 
-OUTPUT_TYPES = ("oci", "docker", "local", "tar")
+OUTPUT_TYPES = ("oci", "docker", "local", "tar", "image")
 
 # Keys each type accepts besides type, dest and name (name only for the image types).
 _ATTRS: dict[str, frozenset[str]] = {
@@ -77,15 +88,16 @@ _ATTRS: dict[str, frozenset[str]] = {
     "docker": frozenset({"compression"}),
     "local": frozenset(),
     "tar": frozenset(),
+    "image": frozenset({"push"}),
 }
-_NAMED_TYPES = frozenset({"oci", "docker"})
+_NAMED_TYPES = frozenset({"oci", "docker", "image"})
+_FILE_TYPES = frozenset({"oci", "docker", "local", "tar"})  # the types written to a dest
 _KEYS = frozenset({"type", "dest", "name"}).union(*_ATTRS.values())
 # BuildKit exporters MemoBuild does not have, and what to use instead.
 _OTHER_TYPES = {
-    "image": "use -t NAME[:TAG] to save the image in the local image store",
-    "registry": "pushing to a registry is not supported yet; write type=oci or type=docker",
     "cacheonly": "every build already fills the cache; leave --output out",
 }
+_TYPE_LIST = "type=oci|docker|local|tar,dest=PATH or type=image,name=REF[,push=true]"
 # Go's strconv.ParseBool, which BuildKit uses for its boolean attributes.
 _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
@@ -95,14 +107,15 @@ _LOCAL_WORK_PREFIX = ".memobuild-export-"
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """One ``--output``: what to write (``type``) and where (``dest``).
+    """One ``--output``: what to write (``type``) and where (``dest``; None for ``image``,
+    which goes by name).
 
-    ``name`` is BuildKit's ``name=`` (image names, comma-separated, for oci and docker);
-    ``attrs`` holds the other keys, already validated for the type, sorted by key.
+    ``name`` is BuildKit's ``name=`` (image names, comma-separated, for oci, docker and
+    image); ``attrs`` holds the other keys, already validated for the type, sorted by key.
     """
 
     type: str
-    dest: Path
+    dest: Path | None = None
     name: str | None = None
     attrs: tuple[tuple[str, str], ...] = ()
 
@@ -111,9 +124,25 @@ class OutputSpec:
             raise InputError(
                 f"unknown output type {self.type!r} (MemoBuild writes {', '.join(OUTPUT_TYPES)})"
             )
-        if not isinstance(self.dest, Path):
+        if self.type in _FILE_TYPES and self.dest is None:
+            raise InputError(f"output type={self.type} needs a dest")
+        if self.type not in _FILE_TYPES and self.dest is not None:
+            raise InputError(f"output type={self.type} goes by name=, not to a dest")
+        if self.dest is not None and not isinstance(self.dest, Path):
             object.__setattr__(self, "dest", Path(self.dest))
         object.__setattr__(self, "attrs", tuple(sorted(self.attrs)))
+
+    @property
+    def path(self) -> Path:
+        """``dest`` of a file output (InputError for ``image``, which has none)."""
+        if self.dest is None:
+            raise InputError(f"output type={self.type} has no dest")
+        return self.dest
+
+    @property
+    def push(self) -> bool:
+        """Whether an ``image`` output is pushed to its registry (``push=true``)."""
+        return self.attr("push") in _TRUE
 
     def attr(self, key: str) -> str | None:
         """The value of ``key`` among ``attrs``, or None."""
@@ -131,11 +160,13 @@ class OutputSpec:
         """Whether the output is one file (docker, tar, and oci to ``*.tar`` or ``tar=true``)."""
         if self.type == "oci":
             forced = self.attr("tar")
-            return self.dest.suffix == ".tar" if forced is None else forced in _TRUE
+            return self.path.suffix == ".tar" if forced is None else forced in _TRUE
         return self.type in ("docker", "tar")
 
     def __str__(self) -> str:
-        fields = [f"type={self.type}", f"dest={self.dest}"]
+        fields = [f"type={self.type}"]
+        if self.dest is not None:
+            fields.append(f"dest={self.dest}")
         if self.name:
             fields.append(f"name={self.name}")
         fields.extend(f"{key}={value}" for key, value in self.attrs)
@@ -146,13 +177,16 @@ class OutputSpec:
 
 @dataclass(frozen=True)
 class OutputResult:
-    """What an export wrote: the type, the destination as given, the image's manifest digest
-    (oci and docker; None for the rootfs outputs) and the bytes it occupies at ``dest``."""
+    """What an export wrote: the type, the destination as given (for ``image``, its names,
+    comma-separated), the image's manifest digest (oci, docker and image; None for the rootfs
+    outputs) and the bytes it occupies at ``dest`` (for ``image``, the bytes uploaded).
+    ``pushed``: the references an ``image`` output pushed, in full (``host/repo:tag``)."""
 
     type: str
     dest: str
     digest: str | None
     bytes: int
+    pushed: tuple[str, ...] = ()
 
 
 # --- parsing ------------------------------------------------------------------------------------
@@ -177,9 +211,7 @@ def parse_output(value: str) -> OutputSpec:
     anything MemoBuild cannot write: an unknown type or key, a missing ``dest``, a bad name."""
     fields = _fields(value)
     if not value.strip() or not fields:
-        raise InputError(
-            "--output '': empty; expected type=oci|docker|local|tar,dest=PATH or a directory"
-        )
+        raise InputError(f"--output '': empty; expected {_TYPE_LIST} or a directory")
     # buildx: one unquoted field that is not type=... is a directory for the local exporter.
     # Unlike buildx, one that starts with an output key (dest=out) is taken as the mistake it
     # almost always is (a forgotten type=), not as a directory named "dest=out".
@@ -204,14 +236,24 @@ def parse_output(value: str) -> OutputSpec:
     kind = pairs.pop("type", None)
     if kind is None:
         raise InputError(
-            f"--output {value!r}: type= is required (type=oci|docker|local|tar), or give a "
-            "bare directory for type=local"
+            f"--output {value!r}: type= is required ({_TYPE_LIST}), or give a bare directory "
+            "for type=local"
         )
+    asked = kind
+    if kind == "registry":  # buildx: type=registry is type=image,push=true
+        kind = "image"
+        pairs.setdefault("push", "true")
     if kind not in OUTPUT_TYPES:
         hint = _OTHER_TYPES.get(kind, f"MemoBuild writes type={', type='.join(OUTPUT_TYPES)}")
         raise InputError(f"--output {value!r}: unknown type {kind!r}: {hint}")
     dest = pairs.pop("dest", None)
-    if not dest:
+    if kind not in _FILE_TYPES:
+        if dest is not None:
+            raise InputError(
+                f"--output {value!r}: type={asked} has no dest=: it saves the image under "
+                "name= (and pushes it there with push=true)"
+            )
+    elif not dest:
         raise InputError(
             f"--output {value!r}: dest= is required (where to write the {kind} output; "
             "MemoBuild has no daemon to load an image into)"
@@ -224,24 +266,25 @@ def parse_output(value: str) -> OutputSpec:
     if name is not None and kind not in _NAMED_TYPES:
         raise InputError(
             f"--output {value!r}: name= names an image, and type={kind} writes a filesystem; "
-            "use it with type=oci or type=docker"
+            "use it with type=oci, type=docker or type=image"
         )
     attrs: dict[str, str] = {}
     for key, item in pairs.items():
         if key not in _ATTRS[kind]:
-            accepted = {"dest", *_ATTRS[kind]} | ({"name"} if kind in _NAMED_TYPES else set())
+            accepted = {*_ATTRS[kind]} | ({"name"} if kind in _NAMED_TYPES else set())
+            accepted |= {"dest"} if kind in _FILE_TYPES else set()
             known = ", ".join(f"{k}=" for k in sorted(accepted))
             raise InputError(
                 f"--output {value!r}: unknown key {key!r} for type={kind} (it takes {known})"
             )
-        if key == "tar":
+        if key in ("tar", "push"):
             item = _bool(item, key, value)
         elif key == "compression" and item != "gzip":
             raise InputError(
                 f"--output {value!r}: compression={item!r}: MemoBuild writes gzip layers"
             )
         attrs[key] = item
-    spec = OutputSpec(kind, Path(dest), name, tuple(sorted(attrs.items())))
+    spec = OutputSpec(kind, Path(dest) if dest else None, name, tuple(sorted(attrs.items())))
     try:
         _check_names(spec.type, spec.names)
     except InputError as err:
@@ -257,6 +300,30 @@ def _check_names(kind: str, names: Sequence[str]) -> None:
             qualified_image_name(name)
     elif kind == "docker":
         repo_tags(names)
+    elif kind == "image":
+        for name in names:
+            if parse_reference(name).digest is not None:
+                raise InputError(f"{name!r}: an image output names a tag, not a digest")
+
+
+def push_outputs(tags: Sequence[str]) -> tuple[OutputSpec, ...]:
+    """``--push``: one ``type=image,push=true`` output per ``-t`` tag."""
+    if not tags:
+        raise InputError(
+            "--push needs -t NAME[:TAG], the reference to push to "
+            "(e.g. -t registry.example.com/team/app:1)"
+        )
+    specs = tuple(OutputSpec("image", None, tag, (("push", "true"),)) for tag in tags)
+    for spec in specs:
+        _check_names(spec.type, spec.names)
+    return specs
+
+
+def check_outputs(specs: Sequence[OutputSpec], tags: Sequence[str]) -> None:
+    """Before anything runs: every image output has names (``name=`` or ``-t``)."""
+    for spec in specs:
+        if spec.type == "image" and not spec.names and not tags:
+            raise InputError(f"--output {spec}: give the image a name (name=REF, or -t NAME[:TAG])")
 
 
 # --- exporting ----------------------------------------------------------------------------------
@@ -269,18 +336,23 @@ def export_output(
     *,
     tags: Sequence[str] = (),
     scratch: Path | None = None,
+    registry: RegistryProvider | None = None,
 ) -> OutputResult:
     """Write ``image`` (whose blobs are in ``store``) as ``spec`` says.
 
-    ``tags`` name the image in oci and docker outputs when ``spec`` has no ``name=``.
+    ``tags`` name the image in oci, docker and image outputs when ``spec`` has no ``name=``.
     ``scratch`` is a directory for temporary trees (type=tar unpacks there); by default a
-    locked scratch directory in the store's cache is made and removed. A destination that
-    cannot be written is one StorageError naming it; the layers' own problems (a corrupt
-    blob) raise what the store raises.
+    locked scratch directory in the store's cache is made and removed. ``registry`` is the
+    client pushes go through (or a function that makes it); by default a push makes its own
+    from the environment. A destination that cannot be written is one StorageError naming
+    it; the layers' own problems (a corrupt blob) raise what the store raises, and a push
+    what the registry client raises, saying which reference it was pushing.
     """
     names = spec.names or tuple(tags)
     _check_names(spec.type, names)
-    dest = spec.dest
+    if spec.type == "image":
+        return _export_image(spec, image, store, names, registry)
+    dest = spec.path
     digest: str | None = None
     try:
         if spec.type == "oci":
@@ -306,6 +378,40 @@ def export_output(
             err.args = (err.message,)
         raise
     return OutputResult(spec.type, str(dest), digest, size)
+
+
+def _export_image(
+    spec: OutputSpec,
+    image: Image,
+    store: LocalStore,
+    names: Sequence[str],
+    registry: RegistryProvider | None,
+) -> OutputResult:
+    """Save the image under ``names`` in the local image store and, with ``push=true``, push
+    it to each of them."""
+    if not names:
+        raise InputError(f"--output {spec}: give the image a name (name=REF, or -t NAME[:TAG])")
+    digest = ImageStore(store).save(image, list(names))
+    if not spec.push:
+        return OutputResult(spec.type, ",".join(names), digest, 0)
+    from memobuild.oci.push import push_image  # the registry client only for a push
+
+    encoded = encode_image(image)
+    sizes = {layer.digest: layer.size for layer in image.layers}
+    sizes[encoded.config_digest] = len(encoded.config)
+    client = registry() if callable(registry) else registry
+    pushed, sent = [], 0
+    for name in names:
+        ref = parse_reference(name)
+        try:
+            result = push_image(image, store, ref, client=client)
+        except MemoBuildError as err:
+            err.message = f"push {ref}: {err.message}"
+            err.args = (err.message,)
+            raise
+        sent += sum(sizes.get(blob.digest, 0) for blob in result.blobs if blob.how == "uploaded")
+        pushed.append(str(ref))
+    return OutputResult(spec.type, ",".join(names), digest, sent, tuple(pushed))
 
 
 def _layout_bytes(root: Path, image: Image) -> int:

@@ -1,7 +1,8 @@
 """The cache a build talks to: the local store first, then a remote cache; never a failed build.
 
-``HybridCache`` answers the calls the executor makes on its store (``get_action``,
-``has_action``, ``put_action``, ``put_blob_file``, ``blob_path``, ``root``):
+``HybridCache`` answers the calls the executor makes on its store for steps (``lookup`` and
+``probe``, which also say which tier answered, ``get_action``, ``has_action``, ``put_action``,
+``put_blob_file``, ``blob_path``, ``root``):
 
 - **Lookups** go to the local store; on a local miss (and with ``pull``) the remote is asked.
   A remote hit downloads the entry and every layer blob the local store lacks, each verified
@@ -9,13 +10,18 @@
   the build only ever reads verified local files, and the next build hits locally.
 - **Stores** go to the local store at once (as before); with ``push`` the entry is then queued
   for upload on a small pool of background threads (blobs first, then the entry, which the
-  server refuses while a blob it names is missing) while the build goes on. ``close(timeout)``
-  waits for the uploads, at most ``timeout`` seconds, and reports what did not finish.
+  server refuses while a blob it names is missing) while the build goes on. A step the *local*
+  store answers is exported too, as BuildKit exports a whole build's cache: a background
+  ``HEAD`` asks the push remote whether it has the entry, and it is uploaded if not. Each key
+  is queued once per build. ``close(timeout)`` waits for the uploads, at most ``timeout``
+  seconds, and reports what did not finish.
 - **Failures never fail the build.** A remote failure (after ``retry.py``'s retries) makes the
   lookup a miss or the upload skipped; it is counted and logged at info level. After
-  ``failure_threshold`` failed operations in a row, or at once when the server refuses the
-  token (401), a :class:`~memobuild.retry.CircuitBreaker` switches that remote off for the rest
-  of the build with *one* warning. A blob or entry that fails verification is discarded (never
+  ``failure_threshold`` failed operations in a row, at once when one operation could not
+  connect on any attempt (the server is down: every further try would cost connect timeouts),
+  or at once when the server refuses the token (401), a
+  :class:`~memobuild.retry.CircuitBreaker` switches that remote off for the rest of the build
+  with *one* warning. A blob or entry that fails verification is discarded (never
   stored or used), warned about, counted, and the step is rebuilt. A read-only token (403 on
   upload) turns uploads off with one warning and keeps downloads. If failures happened but the
   remote was never switched off, ``close`` says so in one warning.
@@ -37,7 +43,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from memobuild.cache.entries import ActionEntry
-from memobuild.cache.remote import URL_ENV, RemoteAuthError, RemoteCache
+from memobuild.cache.options import URL_ENV
+from memobuild.cache.remote import RemoteAuthError, RemoteCache, RemoteUnreachableError
 from memobuild.cache.remote_events import (
     DOWNLOAD,
     LOCAL,
@@ -120,6 +127,8 @@ class HybridCache:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._pushed_blobs: set[str] = set()
+        self._pushing: dict[str, threading.Event] = {}  # blob uploads in progress
+        self._queued_keys: set[str] = set()  # entries queued for upload (or the check) once
         # Blobs whose remote copy failed verification: uploaded even though the server says it
         # has them, so the rebuilt step's upload replaces the bad copy.
         self._bad_remote_blobs: set[str] = set()
@@ -197,42 +206,54 @@ class HybridCache:
         """Whether any remote is configured and not switched off."""
         return any(r.breaker.allow() for r in self._remotes)
 
-    def get_action(self, key: str) -> ActionEntry | None:
-        """The entry for ``key`` from the local store, else pulled from the remote into it
-        (verified); None is a miss. Never raises for a remote problem."""
+    def lookup(self, key: str) -> tuple[ActionEntry | None, str | None]:
+        """The entry for ``key`` and the tier that answered (``"local"`` or ``"remote"``): the
+        local store, else the remote, whose entry is pulled into the local store (verified)
+        and answered from there. ``(None, None)`` is a miss. Never raises for a remote
+        problem."""
         entry = self.local.get_action(key)
         if entry is not None:
             self._hit(key, LOCAL)
-            return entry
+            self._export(entry)
+            return entry, LOCAL
         entry = self._pull_entry(key)
         if entry is not None:
             self._hit(key, REMOTE)
-            return entry
+            return entry, REMOTE
+        self._miss(key)
+        return None, None
+
+    def probe(self, key: str) -> str | None:
+        """Which tier answers for ``key`` (None: neither), as ``lookup`` does but without
+        reading a local entry. A remote hit is pulled into the local store all the same, so
+        later lookups (and ``memobuild plan``) see it."""
+        if self.local.has_action(key):
+            self._hit(key, LOCAL)
+            self._export(key)
+            return LOCAL
+        if self._pull_entry(key) is not None:
+            self._hit(key, REMOTE)
+            return REMOTE
         self._miss(key)
         return None
 
+    def get_action(self, key: str) -> ActionEntry | None:
+        """``lookup``'s entry: None is a miss."""
+        return self.lookup(key)[0]
+
     def has_action(self, key: str) -> bool:
-        """Whether either cache answers for ``key``. A remote hit is pulled into the local
-        store like ``get_action``'s, so later lookups (and ``memobuild plan``) see it."""
-        if self.local.has_action(key):
-            self._hit(key, LOCAL)
-            return True
-        if self._pull_entry(key) is not None:
-            self._hit(key, REMOTE)
-            return True
-        self._miss(key)
-        return False
+        """Whether either cache answers for ``key`` (see ``probe``)."""
+        return self.probe(key) is not None
 
     def put_action(self, entry: ActionEntry) -> None:
         """Store ``entry`` locally (errors raise, as the local store's do), then queue its
         upload with its layer blobs."""
         self.local.put_action(entry)
-        tier = self._push
-        if tier is None or self._closing:
+        tier = self._upload_tier()
+        if tier is None:
             return
-        if not tier.breaker.allow() or tier.push_refused:
-            self._count(uploads_skipped=1)
-            return
+        with self._lock:
+            self._queued_keys.add(entry.key)
         self._jobs.submit(entry.key, lambda: self._upload(tier, entry))
 
     def put_blob_file(self, source: str | os.PathLike[str], digest: str | None = None) -> str:
@@ -302,6 +323,9 @@ class HybridCache:
         self._count(remote_failures=1)
         if isinstance(err, RemoteAuthError) and err.status in (401, 403):
             tier.breaker.trip(str(err))  # no point asking again with the same token
+            return
+        if isinstance(err, RemoteUnreachableError):
+            tier.breaker.trip(str(err))  # down: each further try costs connect timeouts
             return
         with tier.lock:
             tier.failures += 1
@@ -381,6 +405,50 @@ class HybridCache:
 
     # --- pushing ----------------------------------------------------------------------------
 
+    def _upload_tier(self) -> _Remote | None:
+        """The push remote if uploads may still be queued; counts a skipped upload if not."""
+        tier = self._push
+        if tier is None or self._closing:
+            return None
+        if not tier.breaker.allow() or tier.push_refused:
+            self._count(uploads_skipped=1)
+            return None
+        return tier
+
+    def _export(self, hit: ActionEntry | str) -> None:
+        """A local hit (an entry, or the key ``probe`` saw): queue a check that the push
+        remote has it, and its upload if not. Once per key and build."""
+        key = hit if isinstance(hit, str) else hit.key
+        if self._push is None:
+            return
+        with self._lock:
+            if key in self._queued_keys:
+                return
+            self._queued_keys.add(key)
+        tier = self._upload_tier()
+        if tier is not None:
+            self._jobs.submit(key, lambda: self._upload_if_missing(tier, hit))
+
+    def _upload_if_missing(self, tier: _Remote, hit: ActionEntry | str) -> None:
+        """One background export of a local hit: nothing if the remote has the entry."""
+        if not tier.breaker.allow() or tier.push_refused or self._closing:
+            self._count(uploads_skipped=1)
+            return
+        key = hit if isinstance(hit, str) else hit.key
+        try:
+            present = tier.client.has_action(key)
+        except MemoBuildError as err:
+            self._count(upload_failures=1)
+            self._failed(tier, err)
+            return
+        if present:
+            tier.breaker.success()
+            return
+        entry = self.local.get_action(key) if isinstance(hit, str) else hit
+        if entry is None:  # gone from the local store since (gc): nothing to export
+            return
+        self._upload(tier, entry)
+
     def _upload(self, tier: _Remote, entry: ActionEntry) -> None:
         """One background upload: the entry's blobs the server lacks, then the entry."""
         if not tier.breaker.allow() or tier.push_refused or self._closing:
@@ -389,16 +457,11 @@ class HybridCache:
         client = tier.client
         try:
             for layer in entry.layers:
-                with self._lock:
-                    if layer.digest in self._pushed_blobs:
-                        continue
-                    force = layer.digest in self._bad_remote_blobs
-                started = time.monotonic()
-                sent = client.put_blob(layer.digest, self.local, force=force)
-                with self._lock:
-                    self._pushed_blobs.add(layer.digest)
-                if sent:
-                    self._synced(UPLOAD, "blob", layer.digest, sent, started)
+                if not self._push_blob(client, layer.digest):
+                    # Another upload of this blob failed (and reported it): the server would
+                    # refuse the entry without it.
+                    self._count(upload_failures=1)
+                    return
             started = time.monotonic()
             client.put_action(entry)
         except CASIntegrityError as err:
@@ -421,6 +484,37 @@ class HybridCache:
         tier.breaker.success()
         self._count(uploads=1)
         self._synced(UPLOAD, "action", entry.key, client.action_size(entry), started)
+
+    def _push_blob(self, client: RemoteCache, digest: str) -> bool:
+        """Upload one blob unless this build already has; True once the server has it. Two
+        entries sharing a blob upload it once: the second waits for the first's upload, and
+        gets False if that failed. Remote errors raise."""
+        with self._lock:
+            if digest in self._pushed_blobs:
+                return True
+            running = self._pushing.get(digest)
+            if running is None:
+                running = self._pushing[digest] = threading.Event()
+                mine = True
+            else:
+                mine = False
+            force = digest in self._bad_remote_blobs
+        if not mine:
+            running.wait()
+            with self._lock:
+                return digest in self._pushed_blobs
+        try:
+            started = time.monotonic()
+            sent = client.put_blob(digest, self.local, force=force)
+            with self._lock:
+                self._pushed_blobs.add(digest)
+        finally:
+            with self._lock:
+                del self._pushing[digest]
+            running.set()
+        if sent:
+            self._synced(UPLOAD, "blob", digest, sent, started)
+        return True
 
     def _refuse_push(self, tier: _Remote, err: RemoteAuthError) -> None:
         with tier.lock:

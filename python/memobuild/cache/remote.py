@@ -14,7 +14,9 @@ Rules this client keeps:
   is decoded and checked (envelope checksum, schema, key) before anyone sees it.
 - **Only retryable failures are retried** (``retry.py``): connect errors, timeouts, resets and
   HTTP 429/502/503/504, honouring ``Retry-After``. 401/403 and refusals (400/409/411/413) fail
-  at once, as RemoteAuthError or RemoteRejectedError.
+  at once, as RemoteAuthError or RemoteRejectedError. An operation none of whose attempts could
+  connect (refused, unreachable, the short connect timeout) raises RemoteUnreachableError, so
+  the caller can stop asking a server that is down.
 - **Credentials never appear in messages or logs.** The token lives only in the client's
   headers; a URL with ``user:password@`` is refused (put the token in the environment), and
   messages name the server as ``scheme://host:port/path``.
@@ -34,6 +36,7 @@ import httpx
 
 from memobuild.cache.atomic import TempFile
 from memobuild.cache.entries import MAX_ENTRY_BYTES, ActionEntry, decode_action, encode_action
+from memobuild.cache.options import TOKEN_ENV, URL_ENV
 from memobuild.cache.store import LocalStore
 from memobuild.errors import (
     CASIntegrityError,
@@ -55,14 +58,14 @@ __all__ = [
     "RemoteCache",
     "RemoteError",
     "RemoteRejectedError",
+    "RemoteUnreachableError",
 ]
 
-URL_ENV = "MEMOBUILD_REMOTE_URL"
-TOKEN_ENV = "MEMOBUILD_REMOTE_TOKEN"  # noqa: S105 - the variable's name, not a token
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
-# Connecting to a cache on the same network is quick or broken; a large blob may take a while
+# Connecting to a cache on the same network is quick or broken, and a host that does not answer
+# costs every attempt the whole connect timeout, so it is short; a large blob may take a while
 # between chunks on a busy server, so reads and writes get longer.
-DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=2.0)
 DEFAULT_LIMITS = httpx.Limits(max_connections=16, max_keepalive_connections=8)
 CHUNK = 1 << 20
 _ACTION_MEDIA_TYPE = "application/vnd.memobuild.action.v1+msgpack"
@@ -85,6 +88,14 @@ class RemoteError(NetworkError):
         super().__init__(message, retryable=retryable)
         self.status = status
         self.retry_after = retry_after
+        # No connection could be made (refused, unreachable, connect timeout): the server was
+        # never reached, so nothing about the request itself went wrong.
+        self.connect_failed = False
+
+
+class RemoteUnreachableError(RemoteError):
+    """Every attempt of one operation failed to connect: the server is down or unreachable.
+    Retrying more operations would only cost the build more connect timeouts."""
 
 
 class RemoteAuthError(RemoteError):
@@ -111,9 +122,7 @@ def _public_url(url: str) -> tuple[httpx.URL, str]:
             f"not {parsed.copy_with(username=None, password=None)!s}"
         )
     if parsed.userinfo:
-        raise InputError(
-            f"remote cache URL must not hold credentials: set {TOKEN_ENV} (or --token) instead"
-        )
+        raise InputError(f"remote cache URL must not hold credentials: set {TOKEN_ENV} instead")
     if parsed.query or parsed.fragment:
         raise InputError("remote cache URL must not have a query or fragment")
     base = parsed.copy_with(path=parsed.path.rstrip("/"))
@@ -254,12 +263,16 @@ class RemoteCache:
 
     def _transport_error(self, err: httpx.HTTPError, what: str) -> RemoteError:
         if isinstance(err, httpx.TimeoutException):
-            return RemoteError(
+            timeout = RemoteError(
                 f"{self.url}: {what}: timed out ({type(err).__name__})", retryable=True
             )
+            timeout.connect_failed = isinstance(err, httpx.ConnectTimeout)
+            return timeout
         retryable = isinstance(err, httpx.NetworkError | httpx.RemoteProtocolError)
         reason = str(err) or type(err).__name__
-        return RemoteError(f"{self.url}: {what}: {reason}", retryable=retryable)
+        error = RemoteError(f"{self.url}: {what}: {reason}", retryable=retryable)
+        error.connect_failed = isinstance(err, httpx.ConnectError)
+        return error
 
     def _attempt(self, what: str, operation: Callable[[], T]) -> T:
         """One attempt: httpx's errors become RemoteError (retryable or not)."""
@@ -274,7 +287,28 @@ class RemoteCache:
             raise
 
     def _call(self, what: str, operation: Callable[[], T]) -> T:
-        return self._retrier.call(lambda: self._attempt(what, operation), what=what)
+        """``operation`` under the retry policy; RemoteUnreachableError when no attempt could
+        connect at all."""
+        failures: list[RemoteError] = []
+
+        def attempt() -> T:
+            try:
+                return self._attempt(what, operation)
+            except RemoteError as err:
+                failures.append(err)
+                raise
+
+        try:
+            return self._retrier.call(attempt, what=what)
+        except RemoteError as err:
+            if not failures or not all(f.connect_failed for f in failures):
+                raise
+            count = len(failures)
+            unreachable = RemoteUnreachableError(
+                f"{err} (could not connect, {count} attempt{'s' if count != 1 else ''})"
+            )
+            unreachable.connect_failed = True
+            raise unreachable from err
 
     def _head(self, path: str, what: str) -> bool:
         def once() -> bool:

@@ -45,14 +45,15 @@ Rules the code below keeps:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from memobuild.cache.atomic import TempFile, ensure_private_dir, fsync_dir, storage_error
 from memobuild.cache.entries import (
@@ -89,6 +90,7 @@ __all__ = [
     "DEFAULT_MIN_AGE",
     "ActionEntry",
     "ActionInfo",
+    "BlobWriter",
     "GcReport",
     "LayerRef",
     "LocalStore",
@@ -381,6 +383,35 @@ class LocalStore:
                 raise CASIntegrityError(digest, actual, size, source)
             self._publish_blob(tmp, actual, self._blob_file(actual), size)
         return actual
+
+    def blob_writer(
+        self, digest: str, size: int | None = None, where: str | None = None
+    ) -> BlobWriter:
+        """A blob to be written piece by piece as it arrives (a download), published only if it
+        matches ``digest`` (and ``size``, when given): see :class:`BlobWriter`."""
+        return BlobWriter(self, digest, size, where)
+
+    def put_blob_stream(
+        self,
+        stream: Iterable[bytes] | BinaryIO,
+        digest: str,
+        size: int | None = None,
+        *,
+        where: str | None = None,
+    ) -> str:
+        """Store what ``stream`` yields (chunks of bytes, or a binary file read to its end)
+        under ``digest``: written once, to a temp file, hashed in Rust as it goes, and renamed
+        into place only if the digest (and ``size``, when given) match. Otherwise
+        CASIntegrityError, naming ``where``, and nothing is stored; a stream that raises leaves
+        nothing either. Returns the digest."""
+        chunks: Iterable[bytes] = stream
+        if hasattr(stream, "read"):  # a file: read in large pieces, not line by line
+            reader = cast(BinaryIO, stream)
+            chunks = iter(lambda: reader.read(COPY_CHUNK), b"")
+        with self.blob_writer(digest, size, where) as writer:
+            for chunk in chunks:
+                writer.write(chunk)
+            return writer.commit()
 
     def _verified_blob(self, digest: str) -> tuple[Path, int]:
         """Verify a stored blob by path; quarantine it if it fails. Returns (path, size)."""
@@ -872,6 +903,95 @@ class LocalStore:
         for key in action_rows.keys() - seen_actions:
             index.remove_action(key)
         return removed, quarantined, freed
+
+
+class BlobWriter:
+    """A blob written into the store as it arrives (``LocalStore.blob_writer``).
+
+    ``write`` the bytes in order; ``commit`` publishes them. They go once, into a locked temp
+    file under the store's ``tmp/``, hashed in Rust on the way, and ``commit`` fsyncs and
+    renames the file into place only if it hashes to the digest (and holds ``size`` bytes,
+    when given); otherwise it raises CASIntegrityError and nothing is stored. More bytes than
+    ``size`` are refused as they arrive. ``reset`` starts over (a download that must be
+    fetched again from its start). Leaving the ``with`` block without a ``commit``, or
+    ``abort``, removes the temp file. One thread writes a blob at a time.
+    """
+
+    def __init__(self, store: LocalStore, digest: str, size: int | None, where: str | None) -> None:
+        self.digest = digest
+        self.size = size
+        self._store = store
+        self._path = store._blob_file(digest)  # a malformed digest is refused before any write
+        if size is not None and size < 0:
+            raise InputError(f"blob {digest}: size must be >= 0, not {size}")
+        self._where = where if where is not None else f"blob {digest}"
+        self._files = contextlib.ExitStack()
+        self._tmp = self._files.enter_context(store._temp_file("blob-"))
+        self._hasher = Hasher("sha256")
+        self._offset = 0
+        self._closed = False
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+    @property
+    def offset(self) -> int:
+        """How many bytes have been written (since the last ``reset``)."""
+        return self._offset
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"{self._where}: the blob writer is closed")
+
+    def write(self, data: bytes) -> None:
+        self._check_open()
+        if self.size is not None and self._offset + len(data) > self.size:
+            raise CASIntegrityError(
+                self.digest,
+                f"(more than its {self.size} bytes)",
+                self._offset + len(data),
+                self._where,
+            )
+        self._hasher.update(data)
+        self._tmp.write(data)
+        self._offset += len(data)
+
+    def reset(self) -> None:
+        """Drop what was written; the next ``write`` is the blob's first byte again."""
+        self._check_open()
+        try:
+            os.ftruncate(self._tmp.fd, 0)
+            os.lseek(self._tmp.fd, 0, os.SEEK_SET)
+        except OSError as err:
+            raise storage_error(err, self._tmp.path, "write") from err
+        self._hasher = Hasher("sha256")
+        self._offset = 0
+
+    def commit(self) -> str:
+        """Verify what was written and publish it; returns the digest. CASIntegrityError, and
+        nothing stored, when it is not the blob announced."""
+        self._check_open()
+        actual, size = self._hasher.digest(), self._hasher.size
+        try:
+            if actual != self.digest:
+                raise CASIntegrityError(self.digest, actual, size, self._where)
+            if self.size is not None and size != self.size:
+                raise CASIntegrityError(
+                    self.digest, f"{actual} (only {size} of {self.size} bytes)", size, self._where
+                )
+            self._store._publish_blob(self._tmp, self.digest, self._path, size)
+        finally:
+            self.abort()
+        return self.digest
+
+    def abort(self) -> None:
+        """Give the blob up: the temp file is removed (nothing is stored). Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._files.close()
 
 
 def _pin_digests(value: Any, path: Path) -> tuple[str, ...]:

@@ -4,7 +4,20 @@ Takes ``docker build``'s spelling: a context ``PATH`` (default ``.``), ``-f/--fi
 the current directory, default ``PATH/Dockerfile``), ``-t/--tag`` (repeatable), ``--build-arg``,
 ``--target``, ``--no-cache``, ``--build-context NAME=oci-layout://PATH[:TAG]`` (or
 ``docker-archive://FILE``, or a directory), ``--secret id=ID,src=FILE|env=VAR`` and
-``-o/--output`` in BuildKit's syntax (``type=oci|docker|local|tar,dest=...``, repeatable).
+``-o/--output`` in BuildKit's syntax (``type=oci|docker|local|tar,dest=...``, repeatable), and
+``--cache-from``/``--cache-to`` in ``docker buildx``'s (``type=memobuild,url=URL`` or a bare
+``http(s)://`` URL: a ``memobuild server`` to pull steps from and push them to;
+``$MEMOBUILD_REMOTE_URL`` does both when neither flag is given, ``$MEMOBUILD_REMOTE_TOKEN`` is
+the bearer token). A remote cache that fails never fails the build: one warning, and the build
+goes on with the local cache.
+
+Registries, as with ``docker buildx build``: base images the local store lacks are pulled
+(``--pull[=missing|always|never]``: bare ``--pull`` is ``always``; give a value with ``=``, so
+``--pull PATH`` stays the context), for ``--platform OS/ARCH[/VARIANT]`` (default this host's);
+``--insecure-registry HOST[:PORT]`` (repeatable) allows plain HTTP or unverified TLS for that
+registry only; ``--push`` pushes the image to every ``-t`` name, and
+``--output type=image,name=REF,push=true`` (or ``type=registry,name=REF``) to REF. Each push
+prints ``pushed REF@DIGEST`` on stderr after the summary.
 
 Where things go, as with ``docker buildx build``: progress and the summary are for people and go
 to stderr (``--progress``, commands/progress.py: a live view on a terminal, plain lines
@@ -25,10 +38,10 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from memobuild.commands.options import add_build_selection
 from memobuild.commands.plan import parse_build_args
@@ -41,6 +54,9 @@ if TYPE_CHECKING:
 __all__ = ["PROGRESS_MODES", "add_parser", "run_build"]
 
 PROGRESS_MODES = ("auto", "tty", "plain", "json")
+# --pull's values: build/base.py's PULL_POLICIES, spelled out so that the parser (made for every
+# command) does not import the builder.
+PULL_POLICIES = ("missing", "always", "never")
 
 
 @contextlib.contextmanager
@@ -68,6 +84,38 @@ def _open_events(path: str) -> IO[str]:
         raise InputError(f"--events {path}: cannot write: {err.strerror or err}") from None
 
 
+def _one_cache(values: list[str] | None, flag: str) -> str | None:
+    """The value of a cache flag given at most once (a build has one remote of each kind)."""
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InputError(f"{flag} may be given once, not {len(values)} times")
+    return values[0]
+
+
+class _PullPolicy(argparse.Action):
+    """``--pull`` (``always``) and ``--pull=missing|always|never``: like pflag's optional
+    value, a value must be attached with ``=``, so that ``--pull PATH`` keeps PATH the
+    context, as in ``docker build --pull .``."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.pop("nargs", None)
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def format_usage(self) -> str:
+        return "--pull[=missing|always|never]"
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        _, _, policy = (option_string or "").partition("=")
+        setattr(namespace, self.dest, policy or "always")
+
+
 def run_build(args: argparse.Namespace) -> int:
     # Imported here, as every module a build needs: other commands start without them.
     from memobuild.build import events as ev
@@ -81,6 +129,7 @@ def run_build(args: argparse.Namespace) -> int:
         renderers.append(JsonLines(events))
     progress = Tee(renderers)
     ended = False
+    pushed: list[str] = []
 
     def on_event(event: BuildEvent) -> None:
         nonlocal ended
@@ -90,6 +139,8 @@ def run_build(args: argparse.Namespace) -> int:
     try:
         dockerfile = Path(args.file).absolute() if args.file else Path("Dockerfile")  # in PATH
         build_args = parse_build_args(args.build_arg or (), os.environ)
+        cache_from = _one_cache(args.cache_from, "--cache-from")
+        cache_to = _one_cache(args.cache_to, "--cache-to")
         with _sigterm_as_interrupt():
             result = build(
                 args.path,
@@ -102,7 +153,14 @@ def run_build(args: argparse.Namespace) -> int:
                 secrets=tuple(args.secret or ()),
                 no_cache=args.no_cache,
                 on_event=on_event,
+                cache_from=cache_from,
+                cache_to=cache_to,
+                pull=args.pull,
+                platform=args.platform,
+                insecure_registries=tuple(args.insecure_registry or ()),
+                push=args.push,
             )
+        pushed = [f"pushed {ref}@{out.digest}" for out in result.outputs for ref in out.pushed]
         if mode != "json":
             print(result.digest, flush=True)
     except MemoBuildError as err:
@@ -118,6 +176,8 @@ def run_build(args: argparse.Namespace) -> int:
         progress.close()
         if events is not None:
             events.close()
+    for line in pushed:  # after the summary (and the live view) is done
+        print(line, file=sys.stderr, flush=True)
     return 0
 
 
@@ -138,14 +198,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "build",
         help="build an image from a Dockerfile",
         description="Build the target stage of a Dockerfile. Every step whose cache key the "
-        "local store holds is reused without running; the others run isolated (bubblewrap, "
-        "else chroot) and are stored for the next build.",
+        "local store (or a remote cache, --cache-from) holds is reused without running; the "
+        "others run isolated (bubblewrap, else chroot) and are stored for the next build (and "
+        "uploaded, --cache-to).",
         epilog="Progress and the summary (steps, cached, executed, hit rate, wall time, bytes "
         "written, outputs, and why each executed step missed the cache) go to stderr; stdout "
         "gets one line, the image digest. With --progress=json, stdout gets the build events "
         "instead, one JSON object per line, ending with BuildFinished (image_digest) or "
-        "BuildFailed. Exit status: 0 built, 1 a step failed (or the build failed while "
-        "working), 2 a usage or Dockerfile error.",
+        "BuildFailed. Remote cache: MEMOBUILD_REMOTE_URL stands for both --cache-from and "
+        "--cache-to when neither is given, MEMOBUILD_REMOTE_TOKEN is its bearer token; a remote "
+        "that is down, refuses the token or sends bad bytes costs one warning, never the build. "
+        "Exit status: 0 built, 1 a step failed (or the build failed while working), 2 a usage "
+        "or Dockerfile error.",
     )
     p.add_argument("path", nargs="?", default=".", metavar="PATH", help="the build context")
     p.add_argument(
@@ -173,7 +237,50 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--no-cache", action="store_true", help="run every step (results are still stored)"
     )
+    p.add_argument(
+        "--cache-from",
+        action="append",
+        metavar="URL",
+        help="also look steps up in this remote cache (a memobuild server): "
+        "type=memobuild,url=http://HOST:PORT or just the URL; hits are downloaded, verified "
+        "and kept in the local cache",
+    )
+    p.add_argument(
+        "--cache-to",
+        action="append",
+        metavar="URL",
+        help="upload this build's steps to this remote cache (same spelling), in the "
+        "background; the build waits for the uploads only at the end, at most 60s",
+    )
     add_build_selection(p)
+    p.add_argument(
+        *(f"--pull={policy}" if policy else "--pull" for policy in ("", *PULL_POLICIES)),
+        dest="pull",
+        action=_PullPolicy,
+        default="missing",
+        help="when to ask registries for base images: missing (the default) pulls what the "
+        "local store lacks, always (bare --pull) asks for each tag's current image, never "
+        "uses the local store only",
+    )
+    p.add_argument(
+        "--platform",
+        metavar="OS/ARCH[/VARIANT]",
+        help="the platform to build for and pull base images for (default: this host's); "
+        "TARGETPLATFORM and friends follow it",
+    )
+    p.add_argument(
+        "--insecure-registry",
+        action="append",
+        metavar="HOST[:PORT]",
+        help="a registry that may be spoken to over plain HTTP or TLS without verification "
+        "(a test registry; repeatable); every other one is verified",
+    )
+    p.add_argument(
+        "--push",
+        action="store_true",
+        help="push the image to every -t name (a registry reference, e.g. "
+        "registry.example.com/team/app:1) and print the pushed digest",
+    )
     p.add_argument(
         "--secret",
         action="append",

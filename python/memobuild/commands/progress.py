@@ -9,19 +9,23 @@ Each renderer is an ``on_event`` callback (build/events.py) with a ``close()``:
   logs and pipes::
 
       #2 CACHED WORKDIR /app
+      #3 CACHED (remote) RUN apk add make
       #3 COPY . . (miss: hello.txt changed)
       #3 DONE 0.0s (layer 1.2 KiB)
       #4 RUN make (miss: parent step 3 changed)
       #4 cc -o app main.c
       #4 DONE 2.1s (layer 48.0 KiB)
 
-  ``[stage]`` precedes the instruction when the build has more than one stage.
+  ``[stage]`` precedes the instruction when the build has more than one stage; ``(remote)``
+  marks a step the remote cache answered.
 * :class:`JsonLines`: every event as one JSON object per line (:func:`events.event_json`),
   errors included (``BuildFailed``); also what ``--events FILE`` writes.
 
 Both human renderers end with the same summary (:func:`summary_lines`): steps, cached,
-executed, hit rate, wall time, bytes written, the outputs written and, for every step that ran,
-why it missed the cache, in ``memobuild explain``'s words.
+executed, hit rate, wall time, bytes written, with a remote cache its local hits, remote hits
+and uploads, the outputs written and, for every step that ran, why it missed the cache, in
+``memobuild explain``'s words. The remote cache's own trouble (switched off, a download that
+failed verification) is the one warning the cache logs, not repeated here.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Protocol
 
 from memobuild.build import events as ev
+from memobuild.cache.remote_events import REMOTE, UPLOAD
 from memobuild.commands.options import format_size
 
 if TYPE_CHECKING:
@@ -128,6 +133,11 @@ class BuildTally:
     finished: ev.BuildFinished | None = None
     failed: ev.BuildFailed | None = None
     cached: int = 0
+    remote_hits: int = 0  # of ``cached``, the steps the remote cache answered
+    remote_cache: bool = False  # a remote cache is configured (it sent events)
+    uploads: int = 0  # action entries stored on the remote cache
+    integrity_failures: int = 0
+    remote_disabled: bool = False
     reasons: dict[int, str] = field(default_factory=dict)  # step -> why it missed
     layer_bytes: dict[int, int] = field(default_factory=dict)  # step -> its layer's size
     ran: list[RanStep] = field(default_factory=list)
@@ -138,6 +148,8 @@ class BuildTally:
             self.started, self.started_at = event, self.clock()
         elif isinstance(event, ev.StepCached):
             self.cached += 1
+            if event.tier == REMOTE:
+                self.remote_hits += 1
         elif isinstance(event, ev.StepStarted):
             self.reasons[event.step] = event.reason
         elif isinstance(event, ev.LayerBuilt):
@@ -151,6 +163,15 @@ class BuildTally:
             self.finished = event
         elif isinstance(event, ev.BuildFailed):
             self.failed = event
+        elif isinstance(event, ev.REMOTE_CACHE_EVENTS):
+            self.remote_cache = True
+            if isinstance(event, ev.RemoteSync):
+                if event.direction == UPLOAD and event.kind == "action":
+                    self.uploads += 1
+            elif isinstance(event, ev.RemoteIntegrityFailure):
+                self.integrity_failures += 1
+            elif isinstance(event, ev.RemoteDisabled):
+                self.remote_disabled = True
 
     @property
     def multi_stage(self) -> bool:
@@ -206,6 +227,9 @@ def summary_lines(tally: BuildTally) -> list[str]:
             f"{done.cached} cached, {done.executed} executed, hit rate {done.hit_rate:.0%}, "
             f"{format_size(done.bytes_written)} written"
         ]
+    cache = _cache_line(tally)
+    if cache:
+        lines.append(cache)
     if tally.ran:
         lines.append("executed, and why:")
         lines.extend(_reason_lines(tally))
@@ -217,6 +241,32 @@ def summary_lines(tally: BuildTally) -> list[str]:
     if done is not None and done.tags:
         lines.append(f"tagged {', '.join(done.tags)}")
     return lines
+
+
+def _cache_line(tally: BuildTally) -> str | None:
+    """``cache: 2 local hits, 3 remote hits (1.2 MiB downloaded), 4 uploads (3.4 MiB)``, and
+    what went wrong with the remote; None for a build without a remote cache."""
+    done = tally.finished
+    if not (tally.remote_cache or (done is not None and done.remote_cache)):
+        return None
+    remote = done.remote_hits if done is not None else tally.remote_hits
+    local = done.local_hits if done is not None else tally.cached - tally.remote_hits
+    uploads = done.uploads if done is not None else tally.uploads
+    line = f"cache: {_plural(local, 'local hit')}, {_plural(remote, 'remote hit')}"
+    if done is not None and done.bytes_downloaded:
+        line += f" ({format_size(done.bytes_downloaded)} downloaded)"
+    line += f", {_plural(uploads, 'upload')}"
+    if done is not None and done.bytes_uploaded:
+        line += f" ({format_size(done.bytes_uploaded)})"
+    trouble = []
+    if done is not None and done.upload_failures:
+        trouble.append(f"{_plural(done.upload_failures, 'failed upload')}")
+    failures = done.integrity_failures if done is not None else tally.integrity_failures
+    if failures:
+        trouble.append(f"{_plural(failures, 'integrity failure')} (discarded, rebuilt)")
+    if tally.remote_disabled:
+        trouble.append("remote switched off")
+    return line + "".join(f"; {t}" for t in trouble)
 
 
 def _reason_lines(tally: BuildTally) -> list[str]:
@@ -294,7 +344,8 @@ class PlainProgress:
                 f"{_plural(event.steps, 'step')} in {_plural(event.stages, 'stage')}"
             ]
         if isinstance(event, ev.StepCached):
-            return [f"#{event.step} CACHED {tally.label(event.stage, event.text)}"]
+            where = " (remote)" if event.tier == REMOTE else ""
+            return [f"#{event.step} CACHED{where} {tally.label(event.stage, event.text)}"]
         if isinstance(event, ev.StepStarted):
             self._announced.add(event.step)
             why = f" (miss: {event.reason})" if event.reason else ""
@@ -405,7 +456,11 @@ class TtyProgress:
                 )
             ]
         if isinstance(event, ev.StepCached):
-            return [self._row(" => CACHED ", event.step, event.stage, event.text, "", "blue")]
+            if event.tier == REMOTE:
+                prefix, style = " => CACHED (remote) ", "magenta"
+            else:
+                prefix, style = " => CACHED ", "blue"
+            return [self._row(prefix, event.step, event.stage, event.text, "", style)]
         if isinstance(event, ev.StepStarted):
             self._running[event.step] = _Running(
                 event.step, event.stage, event.text, event.reason, self._clock()
@@ -472,11 +527,12 @@ class TtyProgress:
             if started is None:
                 return grid
             done = tally.cached + len(tally.ran)
+            remote = f" ({tally.remote_hits} remote)" if tally.remote_hits else ""
             grid.add_row(
                 Text.assemble(
                     ("[+] ", "bold"),
                     f"building {started.target}: {done}/{started.steps} steps, "
-                    f"{tally.cached} cached",
+                    f"{tally.cached} cached{remote}",
                 ),
                 Text(f"{tally.elapsed:.1f}s", style="bold"),
             )

@@ -3,9 +3,11 @@
 Where (first found wins), for a registry host such as ``ghcr.io`` or ``localhost:5000``:
 
 1. ``MEMOBUILD_REGISTRY_TOKEN`` (a registry bearer token, sent as is), or
-   ``MEMOBUILD_REGISTRY_USER`` with ``MEMOBUILD_REGISTRY_PASSWORD``. They are for the hosts
-   listed in ``MEMOBUILD_REGISTRY_HOST`` (comma-separated); with that unset, for every
-   registry (so set it when a build also pulls public images, or Docker Hub is sent them too).
+   ``MEMOBUILD_REGISTRY_USER`` with ``MEMOBUILD_REGISTRY_PASSWORD``, for the hosts listed in
+   ``MEMOBUILD_REGISTRY_HOST`` (comma-separated host[:port]) and no others. That list is
+   required: credentials set without it are an InputError, never sent to whatever registry a
+   build happens to talk to (a public base image on Docker Hub, a registry named in a
+   Dockerfile someone else wrote).
 2. The Docker config file, ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``, read as
    the docker CLI reads it: ``credHelpers[host]`` names a ``docker-credential-<helper>`` to ask;
    else ``credsStore`` names one for every registry; else ``auths[host]`` holds ``auth``
@@ -115,17 +117,26 @@ def _canonical_host(host: str) -> str:
 def credentials_from_env(
     registry: str, environ: Mapping[str, str] | None = None
 ) -> Credentials | None:
-    """The ``MEMOBUILD_REGISTRY_*`` credentials, if set and meant for ``registry``."""
+    """The ``MEMOBUILD_REGISTRY_*`` credentials, if set and meant for ``registry`` (one of the
+    hosts ``MEMOBUILD_REGISTRY_HOST`` lists). InputError when they are set without that list,
+    or a user without a password."""
     env = os.environ if environ is None else environ
-    hosts = env.get(ENV_HOST, "").strip()
-    if hosts and _canonical_host(registry) not in {
-        _canonical_host(h) for h in hosts.split(",") if h.strip()
-    }:
-        return None
     token = env.get(ENV_TOKEN)
+    user, password = env.get(ENV_USER), env.get(ENV_PASSWORD)
+    if not token and not user and password is None:
+        return None
+    hosts = {_canonical_host(h) for h in env.get(ENV_HOST, "").split(",") if h.strip()}
+    if not hosts:
+        given = ENV_TOKEN if token else ENV_USER if user else ENV_PASSWORD
+        raise InputError(
+            f"{given} is set but {ENV_HOST} is not: set {ENV_HOST} to the registries the "
+            f"credentials are for (comma-separated host[:port], e.g. {ENV_HOST}={registry}); "
+            "MemoBuild sends them to no registry you did not name"
+        )
+    if _canonical_host(registry) not in hosts:
+        return None
     if token:
         return Credentials(source=ENV_TOKEN, registry_token=token)
-    user, password = env.get(ENV_USER), env.get(ENV_PASSWORD)
     if user and password is not None:
         return Credentials(source=f"{ENV_USER}/{ENV_PASSWORD}", username=user, password=password)
     if user or password:
@@ -523,7 +534,7 @@ class Authenticator:
         return RegistryAuthError(
             f"{registry}: the registry requires authentication and there are no credentials "
             f"for it: run docker login {registry}, or set {ENV_USER} and {ENV_PASSWORD} "
-            f"(or {ENV_TOKEN})",
+            f"(or {ENV_TOKEN}) with {ENV_HOST}={registry}",
             status=401,
         )
 

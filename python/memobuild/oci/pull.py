@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from memobuild.cache.entries import LayerRef
 from memobuild.cache.store import LocalStore
@@ -42,7 +43,6 @@ from memobuild.errors import (
 from memobuild.images import ImageStore
 from memobuild.logging import logger
 from memobuild.oci.blob_sources import remember_sources
-from memobuild.oci.download import download_blob_to_store
 from memobuild.oci.image import (
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
@@ -57,7 +57,9 @@ from memobuild.oci.image import (
 from memobuild.oci.layout import check_diff_id
 from memobuild.oci.platform import compatible_platforms, parse_platform, select_platform
 from memobuild.oci.reference import Reference, parse_reference
-from memobuild.oci.registry import ManifestResponse, RegistryClient
+
+if TYPE_CHECKING:  # the client (and httpx) load only when the registry is asked
+    from memobuild.oci.registry import ManifestResponse, RegistryClient
 
 __all__ = ["PULL_POLICIES", "RECORD_KIND", "PulledImage", "pull", "pull_image"]
 
@@ -178,6 +180,8 @@ def _resolve_manifest(
 def _fetch(
     client: RegistryClient, store: LocalStore, ref: Reference, digest: str | None, wanted: Platform
 ) -> PulledImage:
+    from memobuild.oci.download import download_blob_to_store
+
     top = client.manifest(ref, digest)
     manifest, resolved, from_index = _resolve_manifest(client, ref, top, wanted)
     where = f"{ref}: manifest {resolved.digest}"
@@ -253,6 +257,8 @@ def pull_image(
             raise ImageNotFoundError(
                 reference.familiar, f"not in the local store for {wanted}, and --pull=never"
             )
+    from memobuild.oci.registry import RegistryClient
+
     own = client is None
     active = client if client is not None else RegistryClient()
     try:
