@@ -6,6 +6,7 @@ from memobuild.commands import build as build_command
 from memobuild.commands import cache as cache_command
 from memobuild.commands import hash as hash_command
 from memobuild.commands import images as images_command
+from memobuild.commands import imports as import_command
 from memobuild.commands import parse as parse_command
 from memobuild.commands import plan as plan_command
 from memobuild.commands import server as server_command
@@ -17,6 +18,7 @@ COMMANDS = [
     cache_command,
     hash_command,
     images_command,
+    import_command,
     parse_command,
     plan_command,
     server_command,
