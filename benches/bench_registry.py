@@ -6,7 +6,9 @@ the wire), packed by MemoBuild's layer writer. The registry: Debian's docker-reg
 
 - pull: ``skopeo copy docker://127.0.0.1:PORT/bench/pull:1 oci:DIR:1`` into a new directory,
   against ``memobuild.oci.pull`` into a new, empty local store (every layer downloaded,
-  verified by sha256 and diff_id, stored, the image named);
+  verified by sha256, stored and fsynced, the image named). Neither decompresses a layer: its
+  diff_id is checked where it is first used (``oci/diff_ids.py``), as containerd does, and
+  skopeo copies layers as they are;
 - push: ``skopeo copy oci:LAYOUT:1 docker://127.0.0.1:PORT/bench/push:1`` against
   ``memobuild.oci.push`` from the local store, each round into an emptied registry (its storage
   deleted in the untimed setup), so every blob is uploaded.

@@ -575,9 +575,17 @@ pub fn write_changes(
 ) -> Result<LayerInfo> {
     let root_fd = snapshot::open_root(root).map_err(io_at(root))?;
     let root = fs::canonicalize(root).map_err(io_at(root))?;
+    through_partial(out, |file| {
+        write_into(&root, root_fd, changes, file, out, opts)
+    })
+}
+
+/// Run `write` on a new temporary file next to `out`, renamed to `out` when it succeeds and
+/// removed when it fails.
+fn through_partial(out: &Path, write: impl FnOnce(File) -> Result<LayerInfo>) -> Result<LayerInfo> {
     let tmp = partial_path(out);
     let file = File::create(&tmp).map_err(io_at(out))?;
-    let result = write_into(&root, root_fd, changes, file, out, opts);
+    let result = write(file);
     match result {
         Ok(info) => {
             fs::rename(&tmp, out).map_err(|e| {
@@ -792,6 +800,227 @@ fn write_entry<'c, W: Write>(
         sink.write(&[0u8; BLOCK][..pad]).map_err(sink_err)?;
     }
     Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// Writing a layer from a list of entries
+// ------------------------------------------------------------------------------------------
+
+/// One entry of a layer written from a list rather than diffed from a tree (see
+/// [`write_entries_layer`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntrySpec {
+    /// The path in the layer, relative to the root, in canonical form (`a/b`).
+    pub name: Vec<u8>,
+    /// [`Kind::File`], [`Kind::Dir`] or [`Kind::Symlink`].
+    pub kind: Kind,
+    /// Where a file's content is read (never through a final symlink), and where an entry
+    /// without `mtime_ns` takes its mtime from (a file's from the opened file, any other's from
+    /// `lstat`).
+    pub source: Option<PathBuf>,
+    /// A symlink's target.
+    pub link: Vec<u8>,
+    /// The BLAKE3 digest a file's content must have; a file that reads otherwise stops the
+    /// write (it changed since it was hashed).
+    pub blake3: Option<[u8; 32]>,
+    /// Permission bits (`& 0o7777`).
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    /// Nanoseconds since the epoch; `None`: the source's.
+    pub mtime_ns: Option<i64>,
+}
+
+fn usage_at(name: &[u8], what: &str) -> LayerError {
+    LayerError::Usage(format!("entry {:?}: {what}", show(name)))
+}
+
+/// The entries in layer order (the order [`snapshot::diff`] gives: depth-first, children by
+/// name bytes), each checked: a canonical name, listed once, with what its kind needs.
+fn layer_order(entries: &[EntrySpec]) -> Result<Vec<&EntrySpec>> {
+    for e in entries {
+        match snapshot::normalize_rel(&e.name) {
+            Ok(canonical) if canonical == e.name => {}
+            Ok(_) => return Err(usage_at(&e.name, "not in canonical form (a/b)")),
+            Err(reason) => return Err(usage_at(&e.name, &reason)),
+        }
+        if e.name.len() > MAX_NAME {
+            return Err(usage_at(&e.name, "the name is too long"));
+        }
+        match e.kind {
+            Kind::File if e.source.is_none() => {
+                return Err(usage_at(&e.name, "a file needs a source"))
+            }
+            Kind::Symlink if e.link.is_empty() || e.link.contains(&0) => {
+                return Err(usage_at(&e.name, "a symlink needs a target without NUL"))
+            }
+            Kind::File | Kind::Dir | Kind::Symlink => {}
+            _ => {
+                return Err(usage_at(
+                    &e.name,
+                    "only files, directories and symlinks can be listed",
+                ))
+            }
+        }
+        if e.mtime_ns.is_none() && e.source.is_none() {
+            return Err(usage_at(
+                &e.name,
+                "needs an mtime or a source to take it from",
+            ));
+        }
+    }
+    let mut order: Vec<&EntrySpec> = entries.iter().collect();
+    order.sort_unstable_by(|a, b| {
+        a.name
+            .split(|&c| c == b'/')
+            .cmp(b.name.split(|&c| c == b'/'))
+    });
+    if let Some(w) = order.windows(2).find(|w| w[0].name == w[1].name) {
+        return Err(usage_at(&w[0].name, "listed twice"));
+    }
+    Ok(order)
+}
+
+// `st_mtime`'s type differs between targets: the cast is a no-op on some.
+#[allow(clippy::unnecessary_cast)]
+fn mtime_of(st: &rfs::Stat) -> i64 {
+    (st.st_mtime as i64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(st.st_mtime_nsec as i64)
+}
+
+/// Write `entries` as a gzip layer blob to `out` (through a temporary file renamed into place),
+/// in the format of [`write_diff_layer`]: the same headers, sorting, gzip blocks and mtime
+/// clamping, so a list that names what a diff would find gives the same bytes. Files are read
+/// from their sources and checked against their BLAKE3 digests as they go into the tar: one
+/// that changed, shrank or grew, or is no longer a regular file, is a [`LayerError::Invalid`]
+/// naming the entry; one that cannot be opened an [`LayerError::Io`] naming the source.
+pub fn write_entries_layer(
+    entries: &[EntrySpec],
+    out: &Path,
+    opts: &WriteOptions,
+) -> Result<LayerInfo> {
+    let order = layer_order(entries)?;
+    through_partial(out, |file| write_entries_into(&order, file, out, opts))
+}
+
+fn write_entries_into(
+    order: &[&EntrySpec],
+    file: File,
+    out: &Path,
+    opts: &WriteOptions,
+) -> Result<LayerInfo> {
+    let sink_err = |e: io::Error| LayerError::Io {
+        path: out.to_path_buf(),
+        source: e,
+    };
+    let mut sink = GzipSink::new(BufWriter::with_capacity(1 << 20, file)).map_err(sink_err)?;
+    let mut hdr = Vec::with_capacity(4 * BLOCK);
+    let mut buf = vec![0u8; COPY_BUF];
+    for e in order {
+        hdr.clear();
+        let mut name = e.name.clone();
+        if e.kind == Kind::Dir {
+            name.push(b'/');
+        }
+        let mut header = TarHeader {
+            name: &name,
+            typeflag: typeflag(e.kind),
+            mode: e.mode & 0o7777,
+            uid: e.uid,
+            gid: e.gid,
+            size: 0,
+            mtime: 0,
+            link: if e.kind == Kind::Symlink {
+                &e.link
+            } else {
+                b""
+            },
+            dev: (0, 0),
+            xattrs: &[],
+        };
+        if e.kind != Kind::File {
+            let mtime_ns = match (e.mtime_ns, &e.source) {
+                (Some(t), _) => t,
+                (None, Some(src)) => {
+                    mtime_of(&rfs::lstat(src).map_err(|err| io_at(src)(err.into()))?)
+                }
+                (None, None) => unreachable!("layer_order checks it"),
+            };
+            header.mtime = clamp_mtime(mtime_ns, opts.source_date_epoch);
+            encode_header(&header, &mut hdr);
+            sink.write(&hdr).map_err(sink_err)?;
+            continue;
+        }
+        let src = e.source.as_deref().expect("layer_order checks it");
+        // O_NONBLOCK: a file replaced by a FIFO since it was hashed must not hang the open.
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+        let fd = rfs::open(src, flags, Mode::empty()).map_err(|err| io_at(src)(err.into()))?;
+        let st = rfs::fstat(&fd).map_err(|err| io_at(src)(err.into()))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(invalid(&e.name, "it is no longer a regular file"));
+        }
+        let size = st.st_size as u64;
+        header.size = size;
+        header.mtime = clamp_mtime(
+            e.mtime_ns.unwrap_or_else(|| mtime_of(&st)),
+            opts.source_date_epoch,
+        );
+        encode_header(&header, &mut hdr);
+        sink.write(&hdr).map_err(sink_err)?;
+        let mut file = File::from(fd);
+        let mut hasher = blake3::Hasher::new();
+        let mut left = size;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = match file.read(&mut buf[..want]) {
+                Ok(0) => {
+                    return Err(invalid(
+                        &e.name,
+                        "the file shrank while the layer was being written",
+                    ))
+                }
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(io_at(src)(err)),
+            };
+            hasher.update(&buf[..n]);
+            sink.write(&buf[..n]).map_err(sink_err)?;
+            left -= n as u64;
+        }
+        if file.read(&mut buf[..1]).map_err(io_at(src))? != 0 {
+            return Err(invalid(
+                &e.name,
+                "the file grew while the layer was being written",
+            ));
+        }
+        if let Some(expected) = e.blake3 {
+            let found = hasher.finalize();
+            if found.as_bytes() != &expected {
+                return Err(invalid(
+                    &e.name,
+                    format!(
+                        "planned blake3:{}, found blake3:{}",
+                        hex::encode(expected),
+                        found.to_hex()
+                    ),
+                ));
+            }
+        }
+        let pad = padding(size);
+        if pad > 0 {
+            sink.write(&[0u8; BLOCK][..pad]).map_err(sink_err)?;
+        }
+    }
+    sink.write(&[0u8; 2 * BLOCK]).map_err(sink_err)?;
+    let (_, digest, diff_id, size) = sink.finish().map_err(sink_err)?;
+    Ok(LayerInfo {
+        digest: format!("sha256:{}", hex::encode(digest)),
+        diff_id: format!("sha256:{}", hex::encode(diff_id)),
+        size,
+        entries: order.len() as u64,
+    })
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1210,6 +1439,24 @@ pub struct UnpackStats {
     pub entries: u64,
     /// Expanded (uncompressed tar) bytes read.
     pub bytes: u64,
+    /// sha256 of the uncompressed tar as read (the layer's diff_id), computed in the same pass.
+    pub diff_id: [u8; 32],
+}
+
+/// Hashes every byte read through it: the unpacker reads the uncompressed tar to its end, so
+/// the layer's diff_id costs no second decompression (the caller compares it with the image
+/// config's claim, as containerd does at unpack).
+struct HashingReader<R: Read> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1681,8 +1928,8 @@ fn read_error(layer: &Path, entry: &[u8], e: io::Error) -> LayerError {
     }
 }
 
-/// Apply the layer at `layer` (gzip or plain tar) on top of the tree at `root`.
-pub fn unpack_layer(layer: &Path, root: &Path, limits: Limits) -> Result<UnpackStats> {
+/// The uncompressed tar of the layer at `layer` (gzip or plain tar, autodetected).
+fn open_layer(layer: &Path) -> Result<Box<dyn Read>> {
     let file = File::open(layer).map_err(io_at(layer))?;
     let mut input = BufReader::with_capacity(COPY_BUF, file);
     let head = input.fill_buf().map_err(io_at(layer))?;
@@ -1700,9 +1947,18 @@ pub fn unpack_layer(layer: &Path, root: &Path, limits: Limits) -> Result<UnpackS
     } else {
         Box::new(input)
     };
+    Ok(reader)
+}
+
+/// Apply the layer at `layer` (gzip or plain tar) on top of the tree at `root`.
+pub fn unpack_layer(layer: &Path, root: &Path, limits: Limits) -> Result<UnpackStats> {
+    let reader = open_layer(layer)?;
     let root_fd = snapshot::open_root(root).map_err(io_at(root))?;
     let mut tar = TarReader {
-        r: reader,
+        r: HashingReader {
+            inner: reader,
+            hash: Sha256::new(),
+        },
         consumed: 0,
         remaining: 0,
         pad: 0,
@@ -1715,6 +1971,42 @@ pub fn unpack_layer(layer: &Path, root: &Path, limits: Limits) -> Result<UnpackS
         dirs: FxHashMap::default(),
     };
     let mut entries = 0u64;
+    while let Some(member) = next_member(&mut tar, layer, limits, &mut entries)? {
+        un.apply(&member, &mut tar, layer)?;
+        tar.end_entry()
+            .map_err(|e| read_error(layer, &member.name, e))?;
+    }
+    un.finish_dirs()?;
+    // Read to the end so that a corrupt gzip trailer (CRC, size) is noticed, within the bound.
+    let mut sink = [0u8; 64 * 1024];
+    loop {
+        let n = match tar.r.read(&mut sink) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_error(layer, b"", e)),
+        };
+        tar.consumed += n as u64;
+        if tar.consumed > limits.max_bytes {
+            return Err(too_big(b"(after the end of the archive)", limits));
+        }
+    }
+    Ok(UnpackStats {
+        entries,
+        bytes: tar.consumed,
+        diff_id: tar.r.hash.finalize().into(),
+    })
+}
+
+/// The next member of the archive, its extended headers (PAX, GNU long names) folded in, with
+/// its data begun in `tar`; `None` at the end of the archive. Counts it in `entries` and
+/// enforces `limits`.
+fn next_member<R: Read>(
+    tar: &mut TarReader<R>,
+    layer: &Path,
+    limits: Limits,
+    entries: &mut u64,
+) -> Result<Option<Member>> {
     let mut pax: Option<Pax> = None;
     let mut long_name: Option<Vec<u8>> = None;
     let mut long_link: Option<Vec<u8>> = None;
@@ -1722,10 +2014,10 @@ pub fn unpack_layer(layer: &Path, root: &Path, limits: Limits) -> Result<UnpackS
         let at = tar.consumed;
         let here = format!("header at byte {at}").into_bytes();
         let Some(b) = tar.block().map_err(|e| read_error(layer, &here, e))? else {
-            break;
+            return Ok(None);
         };
         if b.iter().all(|&x| x == 0) {
-            break;
+            return Ok(None);
         }
         let stored = parse_numeric(&b[148..156]);
         let mut unsigned: u64 = 0;
@@ -1825,8 +2117,8 @@ pub fn unpack_layer(layer: &Path, root: &Path, limits: Limits) -> Result<UnpackS
             name,
         };
 
-        entries += 1;
-        if entries > limits.max_entries {
+        *entries += 1;
+        if *entries > limits.max_entries {
             return Err(refused(
                 &member.name,
                 format!("the layer has more than {} entries", limits.max_entries),
@@ -1842,29 +2134,51 @@ pub fn unpack_layer(layer: &Path, root: &Path, limits: Limits) -> Result<UnpackS
             return Err(too_big(&member.name, limits));
         }
         tar.begin(data);
-        un.apply(&member, &mut tar, layer)?;
+        return Ok(Some(member));
+    }
+}
+
+/// What a layer lists at one path (see [`list_layer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListedKind {
+    Dir,
+    File,
+    Symlink,
+    /// A hard link to a file listed earlier.
+    HardLink,
+    /// A FIFO or a device node.
+    Other,
+}
+
+/// The entries of the layer at `layer` (gzip or plain tar), in archive order: each name in the
+/// unpacker's canonical form (`a/b`; empty for the root itself) and its kind. Whiteouts are
+/// listed as the files they are (`dir/.wh.name`, `dir/.wh..wh..opq`); the caller applies them.
+/// Names are checked as the unpacker checks them (absolute names and `..` refused).
+pub fn list_layer(layer: &Path, limits: Limits) -> Result<Vec<(Vec<u8>, ListedKind)>> {
+    let mut tar = TarReader {
+        r: open_layer(layer)?,
+        consumed: 0,
+        remaining: 0,
+        pad: 0,
+    };
+    let mut out = Vec::new();
+    let mut entries = 0u64;
+    while let Some(member) = next_member(&mut tar, layer, limits, &mut entries)? {
+        let entry = member.name.as_slice();
+        let name = components(entry, entry, "the path")?.join(&b'/');
+        let kind = match member.typeflag {
+            b'5' => ListedKind::Dir,
+            b'\0' if entry.ends_with(b"/") => ListedKind::Dir,
+            b'1' => ListedKind::HardLink,
+            b'2' => ListedKind::Symlink,
+            _ if member.is_file() => ListedKind::File,
+            _ => ListedKind::Other,
+        };
+        out.push((name, kind));
         tar.end_entry()
             .map_err(|e| read_error(layer, &member.name, e))?;
     }
-    un.finish_dirs()?;
-    // Read to the end so that a corrupt gzip trailer (CRC, size) is noticed, within the bound.
-    let mut sink = [0u8; 64 * 1024];
-    loop {
-        let n = match tar.r.read(&mut sink) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read_error(layer, b"", e)),
-        };
-        tar.consumed += n as u64;
-        if tar.consumed > limits.max_bytes {
-            return Err(too_big(b"(after the end of the archive)", limits));
-        }
-    }
-    Ok(UnpackStats {
-        entries,
-        bytes: tar.consumed,
-    })
+    Ok(out)
 }
 
 fn too_big(entry: &[u8], limits: Limits) -> LayerError {
@@ -1990,6 +2304,11 @@ mod tests {
         fs::create_dir(&dst).unwrap();
         let stats = unpack(&out, &dst).unwrap();
         assert_eq!(stats.entries, 6);
+        // The unpacker's diff_id, from the same pass, is the writer's.
+        assert_eq!(
+            info.diff_id,
+            format!("sha256:{}", hex::encode(stats.diff_id))
+        );
         assert_eq!(fs::read(dst.join("d/file")).unwrap(), b"hello");
         assert_eq!(fs::read(dst.join(&long)).unwrap(), b"long");
         let a = fs::metadata(dst.join("d/file")).unwrap();
@@ -2141,5 +2460,276 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// The entry list that describes the tree at `src` exactly as a diff finds it.
+    fn entries_of(src: &Path) -> Vec<EntrySpec> {
+        let mut out = Vec::new();
+        let mut todo = vec![src.to_path_buf()];
+        while let Some(dir) = todo.pop() {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let md = fs::symlink_metadata(&path).unwrap();
+                let name = path
+                    .strip_prefix(src)
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec();
+                let (kind, link, digest) = if md.is_dir() {
+                    todo.push(path.clone());
+                    (Kind::Dir, Vec::new(), None)
+                } else if md.file_type().is_symlink() {
+                    let target = fs::read_link(&path).unwrap();
+                    (Kind::Symlink, target.as_os_str().as_bytes().to_vec(), None)
+                } else {
+                    let data = fs::read(&path).unwrap();
+                    (
+                        Kind::File,
+                        Vec::new(),
+                        Some(*blake3::hash(&data).as_bytes()),
+                    )
+                };
+                out.push(EntrySpec {
+                    name,
+                    kind,
+                    source: Some(path),
+                    link,
+                    blake3: digest,
+                    mode: md.mode() & 0o7777,
+                    uid: u64::from(md.uid()),
+                    gid: u64::from(md.gid()),
+                    mtime_ns: None,
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_entry_list_writes_the_bytes_a_diff_writes() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("d/e")).unwrap();
+        fs::create_dir_all(src.join("d-x")).unwrap();
+        fs::write(src.join("d/file"), b"hello").unwrap();
+        fs::set_permissions(src.join("d/file"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(src.join("d-x/big"), vec![7u8; 3 * GZIP_BLOCK + 5]).unwrap();
+        symlink("../d/file", src.join("d/e/sym")).unwrap();
+        let long = "x".repeat(150);
+        fs::write(src.join(&long), b"long").unwrap();
+        let opts = WriteOptions {
+            source_date_epoch: Some(2_000_000_000),
+        };
+        let tree = write_tree_layer(&src, &t.path().join("tree.tgz"), &opts).unwrap();
+        let mut entries = entries_of(&src);
+        entries.reverse(); // any order: the writer sorts like the diff (d/... before d-x)
+        let listed = write_entries_layer(&entries, &t.path().join("list.tgz"), &opts).unwrap();
+        assert_eq!(listed, tree);
+        assert_eq!(
+            fs::read(t.path().join("list.tgz")).unwrap(),
+            fs::read(t.path().join("tree.tgz")).unwrap()
+        );
+    }
+
+    #[test]
+    fn an_entry_list_unpacks_to_what_it_says() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("content"), b"data").unwrap();
+        symlink("content", t.path().join("a-link")).unwrap();
+        let entries = vec![
+            EntrySpec {
+                name: b"app/bin/tool".to_vec(),
+                kind: Kind::File,
+                source: Some(t.path().join("content")),
+                link: Vec::new(),
+                blake3: Some(*blake3::hash(b"data").as_bytes()),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime_ns: Some(1_500_000_000_700_000_000),
+            },
+            EntrySpec {
+                name: b"app".to_vec(),
+                kind: Kind::Dir,
+                source: None,
+                link: Vec::new(),
+                blake3: None,
+                mode: 0o750,
+                uid: 0,
+                gid: 0,
+                mtime_ns: Some(1_400_000_000_000_000_000),
+            },
+            EntrySpec {
+                name: b"app/link".to_vec(),
+                kind: Kind::Symlink,
+                source: Some(t.path().join("a-link")),
+                link: b"bin/tool".to_vec(),
+                blake3: None,
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+                mtime_ns: None,
+            },
+        ];
+        let out = t.path().join("layer.tgz");
+        let info = write_entries_layer(&entries, &out, &WriteOptions::default()).unwrap();
+        assert_eq!(info.entries, 3);
+        let listing = list_layer(&out, Limits::default()).unwrap();
+        assert_eq!(
+            listing,
+            vec![
+                (b"app".to_vec(), ListedKind::Dir),
+                (b"app/bin/tool".to_vec(), ListedKind::File),
+                (b"app/link".to_vec(), ListedKind::Symlink),
+            ]
+        );
+        let dst = t.path().join("dst");
+        fs::create_dir(&dst).unwrap();
+        unpack(&out, &dst).unwrap();
+        let tool = fs::metadata(dst.join("app/bin/tool")).unwrap();
+        assert_eq!(fs::read(dst.join("app/bin/tool")).unwrap(), b"data");
+        assert_eq!((tool.mode() & 0o7777, tool.mtime()), (0o755, 1_500_000_000));
+        let app = fs::metadata(dst.join("app")).unwrap();
+        assert_eq!((app.mode() & 0o7777, app.mtime()), (0o750, 1_400_000_000));
+        assert_eq!(
+            fs::read_link(dst.join("app/link")).unwrap(),
+            Path::new("bin/tool")
+        );
+        let link_src = fs::symlink_metadata(t.path().join("a-link")).unwrap();
+        let link_dst = fs::symlink_metadata(dst.join("app/link")).unwrap();
+        assert_eq!(link_dst.mtime(), link_src.mtime());
+    }
+
+    #[test]
+    fn a_source_that_is_not_what_was_hashed_stops_the_write() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("f"), b"edited").unwrap();
+        fs::create_dir(t.path().join("dir")).unwrap();
+        let file = |name: &[u8], source: &str, digest: &[u8]| EntrySpec {
+            name: name.to_vec(),
+            kind: Kind::File,
+            source: Some(t.path().join(source)),
+            link: Vec::new(),
+            blake3: Some(*blake3::hash(digest).as_bytes()),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: None,
+        };
+        let out = t.path().join("layer.tgz");
+        let write = |e: EntrySpec| write_entries_layer(&[e], &out, &WriteOptions::default());
+        match write(file(b"f", "f", b"planned")) {
+            Err(LayerError::Invalid { entry, reason }) => {
+                assert_eq!(entry, b"f");
+                assert!(reason.starts_with("planned blake3:"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match write(file(b"d", "dir", b"")) {
+            Err(LayerError::Invalid { reason, .. }) => assert!(reason.contains("regular file")),
+            other => panic!("{other:?}"),
+        }
+        match write(file(b"gone", "gone", b"")) {
+            Err(LayerError::Io { path, source }) => {
+                assert_eq!(path, t.path().join("gone"));
+                assert_eq!(source.kind(), io::ErrorKind::NotFound);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Nothing is left behind: no blob, no partial file.
+        assert_eq!(fs::read_dir(t.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_bad_entry_list_is_a_usage_error() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = |name: &[u8]| EntrySpec {
+            name: name.to_vec(),
+            kind: Kind::Dir,
+            source: None,
+            link: Vec::new(),
+            blake3: None,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime_ns: Some(0),
+        };
+        let out = t.path().join("layer.tgz");
+        let opts = WriteOptions::default();
+        for bad in [
+            vec![dir(b"a/")],
+            vec![dir(b"./a")],
+            vec![dir(b"a/../b")],
+            vec![dir(b"")],
+            vec![dir(b"a"), dir(b"b"), dir(b"a")],
+            vec![EntrySpec {
+                kind: Kind::File,
+                ..dir(b"f")
+            }],
+            vec![EntrySpec {
+                kind: Kind::Symlink,
+                ..dir(b"l")
+            }],
+            vec![EntrySpec {
+                kind: Kind::Fifo,
+                ..dir(b"p")
+            }],
+            vec![EntrySpec {
+                mtime_ns: None,
+                ..dir(b"m")
+            }],
+        ] {
+            assert!(
+                matches!(
+                    write_entries_layer(&bad, &out, &opts),
+                    Err(LayerError::Usage(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn a_listing_names_entries_as_the_unpacker_does() {
+        let t = tempfile::tempdir().unwrap();
+        let tar = raw_tar(&[
+            (b"./", b'5', b"", b""),
+            (b"./a/", b'5', b"", b""),
+            (b"a//f", b'0', b"", b"data"),
+            (b"a/h", b'1', b"a/f", b""),
+            (b"a/s", b'2', b"f", b""),
+            (b"a/.wh.old", b'0', b"", b""),
+            (b"a/.wh..wh..opq", b'0', b"", b""),
+            (b"p", b'6', b"", b""),
+            (b"old-dir", b'\0', b"", b""),
+            (b"old-dir/", b'\0', b"", b""),
+        ]);
+        let path = t.path().join("layer.tar");
+        fs::write(&path, tar).unwrap();
+        let listing = list_layer(&path, Limits::default()).unwrap();
+        let names: Vec<(&[u8], ListedKind)> =
+            listing.iter().map(|(n, k)| (n.as_slice(), *k)).collect();
+        assert_eq!(
+            names,
+            vec![
+                (&b""[..], ListedKind::Dir),
+                (b"a", ListedKind::Dir),
+                (b"a/f", ListedKind::File),
+                (b"a/h", ListedKind::HardLink),
+                (b"a/s", ListedKind::Symlink),
+                (b"a/.wh.old", ListedKind::File),
+                (b"a/.wh..wh..opq", ListedKind::File),
+                (b"p", ListedKind::Other),
+                (b"old-dir", ListedKind::File),
+                (b"old-dir", ListedKind::Dir),
+            ]
+        );
+        fs::write(&path, raw_tar(&[(b"../x", b'0', b"", b"")])).unwrap();
+        assert!(matches!(
+            list_layer(&path, Limits::default()),
+            Err(LayerError::Refused { .. })
+        ));
     }
 }

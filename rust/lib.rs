@@ -9,6 +9,7 @@ pub mod hash;
 pub mod ignore;
 pub mod layer;
 pub mod select;
+pub mod shellmatch;
 pub mod snapshot;
 pub mod statcache;
 pub mod verify;
@@ -26,5 +27,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::dag::register(m)?;
     py::select::register(m)?;
     py::layer::register(m)?;
+    py::shellmatch::register(m)?;
     Ok(())
 }

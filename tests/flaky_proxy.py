@@ -10,7 +10,9 @@ test that makes its requests one after another sees the same faults on every run
 - ``cut``: relayed, but the response is cut off after ``cut_after`` bytes (a torn download);
 - ``stall``: accepted and then never answered (the client's read timeout has to fire);
 - ``busy``: answered by the proxy itself with ``503 Service Unavailable`` and
-  ``Retry-After: <busy_retry_after>``, as an overloaded server or a load balancer would.
+  ``Retry-After: <busy_retry_after>``, as an overloaded server or a load balancer would;
+- ``fail``: answered by the proxy itself with ``500 Internal Server Error``, as a registry
+  whose storage backend hiccups does.
 
 ``script`` deals given fates to the first connections, before the dice take over (e.g.
 ``["cut", "ok"]``: the first download is torn, the retry goes through).
@@ -32,7 +34,7 @@ from dataclasses import dataclass, replace
 
 __all__ = ["FATES", "Faults", "FlakyProxy"]
 
-FATES = ("drop", "reset", "delay", "cut", "stall", "busy")
+FATES = ("drop", "reset", "delay", "cut", "stall", "busy", "fail")
 BUFFER = 1 << 16
 
 
@@ -46,6 +48,7 @@ class Faults:
     cut: float = 0.0
     stall: float = 0.0
     busy: float = 0.0
+    fail: float = 0.0
     delay_seconds: float = 0.1
     cut_after: int = 100
     busy_retry_after: int = 0
@@ -151,7 +154,10 @@ class FlakyProxy:
             client.close()  # no shutdown: that would send a FIN, not the RST wanted here
             return
         if fate == "busy":
-            _answer_busy(client, faults.busy_retry_after)
+            _answer(client, b"503 Service Unavailable", f"Retry-After: {faults.busy_retry_after}")
+            return
+        if fate == "fail":
+            _answer(client, b"500 Internal Server Error")
             return
         if fate == "stall":
             self._stopped.wait()  # hold it open, say nothing, until the proxy stops
@@ -199,8 +205,8 @@ def _pump(src: socket.socket, dst: socket.socket, limit: int | None) -> None:
         _close(src)
 
 
-def _answer_busy(client: socket.socket, retry_after: int) -> None:
-    """Read the request head, answer 503 with Retry-After, close."""
+def _answer(client: socket.socket, status: bytes, *headers: str) -> None:
+    """Read the request head, answer ``status`` (with ``headers``) and an empty body, close."""
     client.settimeout(5)
     with contextlib.suppress(OSError):
         head = b""
@@ -210,8 +216,10 @@ def _answer_busy(client: socket.socket, retry_after: int) -> None:
                 break
             head += data
         client.sendall(
-            b"HTTP/1.1 503 Service Unavailable\r\n"
-            + f"Retry-After: {retry_after}\r\n".encode()
+            b"HTTP/1.1 "
+            + status
+            + b"\r\n"
+            + "".join(f"{header}\r\n" for header in headers).encode()
             + b"Content-Length: 0\r\nConnection: close\r\n\r\n"
         )
     _close(client)

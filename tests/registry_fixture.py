@@ -317,7 +317,7 @@ def _wait_ready(registry: Registry, timeout: float = 15.0) -> None:
         if registry.process.poll() is not None:
             break
         with contextlib.suppress(httpx.HTTPError):
-            response = httpx.get(f"{registry.url}/v2/", verify=False, timeout=1)  # noqa: S501
+            response = httpx.get(f"{registry.url}/v2/", verify=False, timeout=1)  # noqa: S501 - readiness
             if response.status_code in (200, 401):
                 return
         time.sleep(0.05)

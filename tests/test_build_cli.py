@@ -31,9 +31,16 @@ def base(tmp_path: Path, store: LocalStore) -> BusyboxImage:
     return make_busybox_image(tmp_path / "base", store)
 
 
-def scratch_entries(cache: Path) -> list[str]:
+def scratch_entries(cache: Path, settle: float = 10.0) -> list[str]:
+    """What is left in the builds' scratch area once the background removers a build starts
+    (build/rootfs.py) are done, waiting at most ``settle`` seconds for them."""
     area = cache / "tmp" / "rootfs"
-    return sorted(os.listdir(area)) if area.exists() else []
+    deadline = time.monotonic() + settle
+    while True:
+        left = sorted(os.listdir(area)) if area.exists() else []
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
 
 
 DOCKERFILE = """\
@@ -477,7 +484,7 @@ def test_kill_9_during_a_run_leaves_the_store_consistent_and_the_next_build_succ
     # The step died with the build (bubblewrap's --die-with-parent), and the killed build's
     # scratch directory is still there: nothing could clean it up.
     assert _wait_until(lambda: not _sleepers("61"))
-    assert len(scratch_entries(isolated_cache)) == 2  # its directory and its lock file
+    assert len(scratch_entries(isolated_cache, settle=0)) == 2  # its directory and lock file
 
     _assert_store_is_sound(isolated_cache)
     done = subprocess.run(

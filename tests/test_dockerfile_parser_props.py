@@ -6,7 +6,9 @@
 - CRLF line endings read like LF ones, and blank or comment lines between instructions only
   move line numbers;
 - when BuildKit's own parser is importable (PyPI ``dockerfile``), it reads generated
-  Dockerfiles the same way we do.
+  Dockerfiles the same way we do;
+- loading stages from Dockerfiles whose variables double, nest and pattern-match raises only
+  DockerfileParseError, and no value grows past the expansion bound.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from memobuild.dockerfile import Dockerfile, dump_buildkit_ast, dump_dockerfile, parse
+from memobuild.dockerfile.shell import MAX_WORD_GROWTH
+from memobuild.dockerfile.stages import load_stages
 from memobuild.errors import DockerfileParseError
 
 KEYWORDS = [
@@ -307,3 +311,35 @@ def test_reads_like_buildkits_parser(text: str) -> None:
             docs.append((name, fd, body))
         raw_bodies.append(tuple(docs) if node.inner is None else ())
     assert _our_view(ours, raw_bodies) == theirs
+
+
+# --- expansion over whole Dockerfiles ------------------------------------------------------------
+
+# Values and references that double, nest and pattern-match: what a hostile file would combine.
+EXPANDING_WORDS = [
+    "$A", "$A$A", "${A}${B}", "${A:-$B}", "${B:+$A$A}", "${A#*a}", "${A%%a*}", "${A//a/$B}",
+    "${A/?/}", "${C:?no}", "\"$A $B\"", "'$A'", "x", "${A//?/$A}",
+]  # fmt: skip
+
+
+@st.composite
+def expanding_dockerfile(draw: st.DrawFn) -> str:
+    lines = ["FROM scratch", "ARG A=" + draw(st.sampled_from(["a", "aa", "ab" * 20, "a" * 300]))]
+    for _ in range(draw(st.integers(1, 30))):
+        keyword = draw(st.sampled_from(["ENV A=", "ENV B=", "ARG B=", "LABEL l=", "WORKDIR /"]))
+        lines.append(
+            keyword + "".join(draw(st.lists(st.sampled_from(EXPANDING_WORDS), max_size=4)))
+        )
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(expanding_dockerfile())
+def test_stage_loading_is_bounded_and_raises_only_parse_errors(text: str) -> None:
+    try:
+        stages = load_stages(parse(text))
+    except DockerfileParseError:
+        return
+    for stage in stages.stages:
+        for step in stage.steps:
+            assert all(len(value) <= len(text) + MAX_WORD_GROWTH for _, value in step.env)

@@ -8,10 +8,11 @@ The tables follow BuildKit's public test data (``shell/envVarTest``, ``shell/wor
 from __future__ import annotations
 
 import contextlib
+import re
 import string
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from memobuild.dockerfile import expand_word as exported_expand_word
@@ -558,3 +559,76 @@ def test_colon_operators_treat_empty_like_unset(name: str, value: str, default: 
     alternative = default if value else ""
     assert expand_word(f"${{{name}:+{default}}}", env) == alternative
     assert expand_word(f"${{{name}-{default}}}", env) == value
+
+
+# ---------------------------------------------------------------------------------------------
+# Pattern operators: the Rust core's linear-time engine against a backtracking reference
+#
+# On inputs this small a backtracking regex is cheap, and its answer is the definition of
+# leftmost-first (Go's, BuildKit's): the engine must give the same answer for every operator.
+
+
+def _reference_regex(pattern: str, *, greedy: bool, anchored: bool) -> re.Pattern[str]:
+    out = ["^"] if anchored else []
+    i = 0
+    while i < len(pattern):
+        tok = pattern[i]
+        i += 1
+        if tok == "*":
+            out.append(".*" if greedy else ".*?")
+        elif tok == "?":
+            out.append(".")
+        elif tok == "\\" and i < len(pattern):
+            out.append(re.escape(pattern[i]))
+            i += 1
+        else:
+            out.append(re.escape(tok))
+    return re.compile("".join(out))
+
+
+def _reference(op: str, pattern: str, value: str, replacement: str) -> str:
+    if op in ("#", "##"):
+        m = _reference_regex(pattern, greedy=op == "##", anchored=True).match(value)
+        return value[m.end() :] if m else value
+    if op in ("%", "%%"):
+        rev = _reference_regex(pattern[::-1], greedy=op == "%%", anchored=True).match(value[::-1])
+        return value[: len(value) - rev.end()] if rev else value
+    regex = _reference_regex(pattern, greedy=True, anchored=False)
+    if op == "/":
+        m = regex.search(value)
+        return value[: m.start()] + replacement + value[m.end() :] if m else value
+    out, last_end, pos = [], 0, 0  # Go's ReplaceAllString
+    while pos <= len(value):
+        m = regex.search(value, pos)
+        if m is None:
+            break
+        out.append(value[last_end : m.start()])
+        if m.end() > last_end or m.start() == 0:
+            out.append(replacement)
+        last_end = m.end()
+        pos = max(pos + 1, m.end())
+    out.append(value[last_end:])
+    return "".join(out)
+
+
+@settings(max_examples=500)
+@given(
+    op=st.sampled_from(["#", "##", "%", "%%", "/", "//"]),
+    pattern=st.text(alphabet="ab*?\né", max_size=7),
+    value=st.text(alphabet="ab\né", max_size=12),
+)
+@example(
+    op="//",
+    pattern="",
+    value="ab",
+)
+@example(op="//", pattern="a*", value="baaac")
+@example(op="%", pattern="*a", value="aXa\na")
+def test_pattern_operators_match_a_backtracking_reference(
+    op: str, pattern: str, value: str
+) -> None:
+    # '${A//R}' would read as the // operator: / needs a pattern ('/' itself is not drawn).
+    assume(not (op == "/" and pattern == ""))
+    expected = _reference(op, pattern, value, "R")
+    replacement = "/R" if op.startswith("/") else ""
+    assert expand_word(f"${{A{op}{pattern}{replacement}}}", {"A": value}) == expected

@@ -7,11 +7,14 @@ what the store holds, and what is left on disk.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import http.server
 import io
 import os
+import shlex
+import signal
 import tarfile
 import threading
 import time
@@ -29,6 +32,7 @@ from busybox_image import (
     make_busybox_rootfs_dir,
     make_context,
 )
+from memobuild.build import rootfs as rootfs_module
 from memobuild.build.base import BaseResolver
 from memobuild.build.events import BuildEvent, StepExecuted, StepOutput, StepStarted
 from memobuild.build.executor import NOT_USABLE_REASON, BuildResult, build
@@ -53,10 +57,16 @@ def base(tmp_path: Path, store: LocalStore) -> BusyboxImage:
     return make_busybox_image(tmp_path / "base", store)
 
 
-def scratch_entries(store: LocalStore) -> list[str]:
-    """What is left in the builds' scratch area (nothing, after any build has returned)."""
+def scratch_entries(store: LocalStore, settle: float = 10.0) -> list[str]:
+    """What is left in the builds' scratch area (nothing, after any build has returned) once
+    the background removers it started are done, waiting at most ``settle`` seconds."""
     area = store.root / "tmp" / "rootfs"
-    return sorted(os.listdir(area)) if area.exists() else []
+    deadline = time.monotonic() + settle
+    while True:
+        left = sorted(os.listdir(area)) if area.exists() else []
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
 
 
 def executed(result: BuildResult) -> list[str]:
@@ -807,4 +817,85 @@ def test_a_sweep_removes_dead_builds_scratch_and_never_a_live_one(tmp_path: Path
     assert sorted(os.listdir(area.root)) == sorted([live.path.name, live.path.name + ".lock"])
     assert (rootfs / "file").read_text() == "in use"
     live.close()
+    deadline = time.monotonic() + 10
+    while os.listdir(area.root) and time.monotonic() < deadline:  # a background remover's job
+        time.sleep(0.05)
     assert os.listdir(area.root) == []
+
+
+def test_a_scratch_directory_of_empty_directories_is_removed_at_once(tmp_path: Path) -> None:
+    area = ScratchArea(tmp_path / "cache")
+    scratch = area.create()
+    scratch.new_dir("downloads")
+    scratch.new_dir("outputs")
+    scratch.close()
+    assert os.listdir(area.root) == []  # no background remover for a no-change rebuild
+
+
+def _gated_remover(monkeypatch: pytest.MonkeyPatch, gate: Path) -> None:
+    """Background removers that wait until ``gate`` is gone before they start deleting."""
+    wait = f"while [ -e {shlex.quote(str(gate))} ]; do sleep 0.05; done;"
+    script = rootfs_module.REMOVER_SCRIPT
+    assert script.startswith("{ ")
+    monkeypatch.setattr(rootfs_module, "REMOVER_SCRIPT", "{ " + wait + script[1:])
+
+
+def _lock_is_held(path: Path) -> bool:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_a_build_returns_before_its_scratch_tree_is_removed(
+    tmp_path: Path, store: LocalStore, base: BusyboxImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = tmp_path / "gate"
+    gate.touch()
+    _gated_remover(monkeypatch, gate)
+    context = make_context(tmp_path / "ctx", "FROM busybox\nRUN echo hi > /hi.txt\n")
+    build(context, store=store)
+    # The build's directory (its stage rootfs in it) and its lock file, which the waiting
+    # remover holds: a sweep by another build leaves them alone.
+    left = scratch_entries(store, settle=0)
+    assert len(left) == 2, left
+    area = store.root / "tmp" / "rootfs"
+    tree = area / left[0]
+    assert any(tree.rglob("hi.txt"))
+    assert _lock_is_held(area / left[1])
+    assert ScratchArea(store.root).sweep() == 0
+    gate.unlink()
+    assert scratch_entries(store) == []
+
+
+def test_a_tree_a_killed_remover_left_is_removed_by_the_next_build(
+    tmp_path: Path, store: LocalStore, base: BusyboxImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pids = tmp_path / "remover-pids"
+    # A remover that only holds the lock until it is killed.
+    stuck = (
+        f"{{ echo $$ >> {shlex.quote(str(pids))}; exec sleep 60; }} </dev/null >/dev/null 2>&1 &"
+    )
+    real = rootfs_module.REMOVER_SCRIPT
+    monkeypatch.setattr(rootfs_module, "REMOVER_SCRIPT", stuck)
+    context = make_context(tmp_path / "ctx", "FROM busybox\nRUN echo hi > /hi.txt\n")
+    build(context, store=store)
+    area = store.root / "tmp" / "rootfs"
+    left = scratch_entries(store, settle=0)
+    assert len(left) == 2, left
+    deadline = time.monotonic() + 10
+    while not pids.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in {int(line) for line in pids.read_text().split()}:
+        os.killpg(pid, signal.SIGKILL)  # the remover's session: sh and its sleep
+    deadline = time.monotonic() + 10
+    while _lock_is_held(area / left[1]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(os.listdir(area)) == left  # nothing removed it
+    monkeypatch.setattr(rootfs_module, "REMOVER_SCRIPT", real)
+    build(context, store=store)  # sweeps it first, then removes its own
+    assert scratch_entries(store) == []

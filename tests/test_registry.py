@@ -40,7 +40,7 @@ from memobuild.oci.auth import (
     parse_challenges,
     resolve_credentials,
 )
-from memobuild.oci.download import LayerStream
+from memobuild.oci.download import BlobStream
 from memobuild.oci.image import (
     OCI_INDEX,
     OCI_LAYER_GZIP,
@@ -654,8 +654,8 @@ def test_every_retry_resumes_the_download(registry: Registry, tmp_path: Path) ->
     assert sum(1 for r in ranges if r.status == 206) >= layer.size // 300_000
 
 
-def test_layer_stream_starts_over_and_refuses_wrong_content(tmp_path: Path) -> None:
-    """The sink a layer download writes into: a restart (a registry that ignores Range sends
+def test_blob_stream_starts_over_and_refuses_wrong_content(tmp_path: Path) -> None:
+    """The sink a blob download writes into: a restart (a registry that ignores Range sends
     the whole blob again) drops the partial copy; content that does not match is not stored."""
     tar = io.BytesIO()
     with tarfile.open(fileobj=tar, mode="w") as archive:
@@ -667,17 +667,17 @@ def test_layer_stream_starts_over_and_refuses_wrong_content(tmp_path: Path) -> N
     desc = Descriptor(OCI_LAYER_GZIP, digest_bytes(blob), len(blob))
     store, other = LocalStore(tmp_path / "s"), LocalStore(tmp_path / "other")
     fds = open_fds()
-    sink = LayerStream(store, desc, OCI_LAYER_GZIP, "test layer")
+    sink = BlobStream(store, desc, "test layer")
     sink.write(blob[:70_000])
     sink.reset()
     assert sink.offset == 0
     for start in range(0, len(blob), 65536):
         sink.write(blob[start : start + 65536])
-    assert sink.finish() == digest_bytes(tar.getvalue())  # the diff_id
+    assert sink.finish() == desc.digest
     sink.close()
     assert store.read_blob(desc.digest) == blob
 
-    sink = LayerStream(other, desc, OCI_LAYER_GZIP, "test layer")
+    sink = BlobStream(other, desc, "test layer")
     sink.write(os.urandom(len(blob)))
     with pytest.raises(CASIntegrityError, match="test layer"):
         sink.finish()

@@ -6,11 +6,13 @@ docker-registry (CNCF distribution 2.8) on 127.0.0.1, cross-checked with skopeo.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +26,9 @@ from memobuild.build.planning import plan_build
 from memobuild.cache.entries import LayerRef
 from memobuild.cache.store import LocalStore
 from memobuild.dockerfile.stages import host_platform
-from memobuild.errors import ImageNotFoundError, InputError, RegistryAuthError
+from memobuild.errors import CASIntegrityError, ImageNotFoundError, InputError, RegistryAuthError
+from memobuild.images import ImageStore
+from memobuild.oci.diff_ids import recorded_diff_id
 from memobuild.oci.image import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -40,6 +44,7 @@ from memobuild.oci.pull import pull_image
 from memobuild.oci.push import push
 from memobuild.oci.reference import parse_reference
 from memobuild.oci.registry import RegistryClient, RegistryOptions
+from memobuild.verify import digest_bytes
 from registry_fixture import Registry, free_port, running_registry
 
 USER, PASSWORD = "builder", "build-and-push-Pa55"
@@ -217,6 +222,76 @@ def test_a_tag_the_registry_lacks_is_image_not_found(registry: Registry, tmp_pat
     assert f"image '{registry.host}/no/such:1' not found ({registry.host}: GET manifest" in message
     assert "HTTP 404" in message
     assert isinstance(caught.value, InputError)  # exit status 2: fix the Dockerfile
+
+
+def scratch_trees_left(store: LocalStore, wait: float = 30.0) -> list[Path]:
+    """The build scratch trees still in the store once their (background) removal is done."""
+    area = store.root / "tmp" / "rootfs"
+    deadline = time.monotonic() + wait
+    while True:
+        left = [p for p in area.iterdir() if p.is_dir()] if area.is_dir() else []
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def test_a_base_whose_config_lies_about_a_diff_id_is_refused_at_first_use(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A pull checks each blob's digest only (as skopeo does); the diff_id its config claims is
+    checked where the layer is first used. An image whose config claims a wrong one is
+    refused there, with a clear error, and leaves nothing behind that a later build could use:
+    no step stored on it, no scratch tree, every blob whole, and the blob's true diff_id
+    recorded, so the next use refuses it without unpacking."""
+    host = registry.host
+    ref = f"{host}/bad/base:1"
+    with LocalStore(tmp_path / "src") as src:
+        base = make_busybox_image(tmp_path / "base", src)
+        [layer] = base.image.layers
+        wrong = dataclasses.replace(layer, diff_id=digest_bytes(b"another layer's tar"))
+        liar = dataclasses.replace(base.image, layers=(wrong,))
+        with RegistryClient(RegistryOptions(insecure=frozenset({host}))) as client:
+            push(liar, src, ref, client=client)
+    message = (
+        rf"layer {layer.digest} \(diff_id\): its uncompressed content is not the diff_id its "
+        "image config lists; the image is refused"
+    )
+
+    run = make_context(tmp_path / "run", f"FROM {ref}\nRUN echo hi > /hi.txt\n")
+    with LocalStore(tmp_path / "a") as store:
+        with pytest.raises(CASIntegrityError, match=message) as caught:
+            build(run, store=store, insecure_registries=[host])
+        assert wrong.diff_id in str(caught.value) and layer.diff_id in str(caught.value)
+        # Pulled (the blob is whole), but nothing was built on it, and no tree is left.
+        assert store.read_blob(layer.digest)
+        assert [a.layers for a in store.list_actions()] == [0]  # the FROM step's entry alone
+        assert scratch_trees_left(store) == []
+        assert recorded_diff_id(store, layer.digest) == layer.diff_id
+        # The next build refuses it too (from the record, before unpacking anything).
+        with pytest.raises(CASIntegrityError, match=message):
+            build(run, store=store, insecure_registries=[host])
+
+    # A build that never unpacks the base (a config-only step) refuses to save or export an
+    # image that would carry the wrong claim.
+    label = make_context(tmp_path / "label", f"FROM {ref}\nLABEL checked=yes\n")
+    with LocalStore(tmp_path / "b") as store:
+        with pytest.raises(CASIntegrityError, match=message):
+            build(label, store=store, tags=["bad:1"], insecure_registries=[host])
+        assert ImageStore(store).resolve_digest("bad:1") is None
+
+    # The honest image, pulled into a store that has never seen the blob, builds fine, and its
+    # layer's diff_id is checked once, in the unpack itself.
+    honest = f"{host}/good/base:1"
+    with (
+        LocalStore(tmp_path / "src") as src,
+        RegistryClient(RegistryOptions(insecure=frozenset({host}))) as client,
+    ):
+        push(base.image, src, honest, client=client)
+    good = make_context(tmp_path / "good", f"FROM {honest}\nRUN echo hi > /hi.txt\n")
+    with LocalStore(tmp_path / "c") as store:
+        built = build(good, store=store, tags=["good:1"], insecure_registries=[host])
+        assert built.executed == 2
+        assert recorded_diff_id(store, layer.digest) == layer.diff_id
 
 
 # --- platforms ----------------------------------------------------------------------------------

@@ -12,13 +12,11 @@ import pytest
 
 from memobuild.cache.entries import ActionEntry
 from memobuild.cache.hybrid import HybridCache
-from memobuild.cache.registry_cache import (
-    ARTIFACT_TYPE,
-    RegistryCache,
-    parse_registry_cache_spec,
-)
+from memobuild.cache.options import CacheOption, parse_cache_option
+from memobuild.cache.registry_cache import ARTIFACT_TYPE, RegistryCache
+from memobuild.cache.remote import RemoteUnusableError
 from memobuild.cache.store import LocalStore
-from memobuild.errors import CASIntegrityError, InputError, InvalidImageError
+from memobuild.errors import CASIntegrityError, InputError
 from memobuild.logging import logger
 from memobuild.oci.push import push
 from memobuild.oci.reference import parse_reference
@@ -59,24 +57,27 @@ def make_entries(store: LocalStore, workdir: Path, count: int) -> list[ActionEnt
 
 
 def runner(store: LocalStore, registry: Registry, ref: str, **kw: bool) -> HybridCache:
-    return HybridCache(store, RegistryCache(ref, options=options(registry)), **kw)  # type: ignore[arg-type]
+    return HybridCache(store, RegistryCache(ref, options=options(registry)), **kw)
 
 
 def test_cache_spec_parsing() -> None:
-    spec = parse_registry_cache_spec("type=registry,ref=ghcr.io/org/cache:main,mode=min")
-    assert str(spec.ref) == "ghcr.io/org/cache:main" and spec.mode == "min"
-    assert parse_registry_cache_spec("type=registry, ref=cache").mode == "max"
+    spec = parse_cache_option("type=registry,ref=ghcr.io/org/cache:main,mode=min", "--cache-to")
+    assert spec == CacheOption("registry", "ghcr.io/org/cache:main", (("mode", "min"),))
+    assert spec.mode == "min" and str(spec) == "type=registry,ref=ghcr.io/org/cache:main,mode=min"
+    plain = parse_cache_option("type=registry, ref=cache")
+    assert (plain.url, plain.mode) == ("docker.io/library/cache:latest", "max")
     for bad, reason in [
-        ("type=local,ref=x", "type must be registry"),
-        ("type=registry", "ref=REF is required"),
+        ("type=local,ref=x", "unknown cache type 'local'"),
+        ("type=registry", "needs ref="),
         ("type=registry,ref=x,mode=all", "mode must be max or min"),
-        ("type=registry,ref=x,color=red", "unknown field"),
+        ("type=registry,ref=x,color=red", "takes ref= and mode=, not color="),
         ("type=registry,ref=x@sha256:" + "a" * 64, "not a digest"),
-        ("registry", "expected type=registry"),
+        ("registry", "expected key=value fields"),
         ("type=registry,ref=Bad", "lowercase"),
     ]:
-        with pytest.raises(InputError, match=reason):
-            parse_registry_cache_spec(bad)
+        with pytest.raises(InputError, match=reason) as caught:
+            parse_cache_option(bad, "--cache-to")
+        assert str(caught.value).startswith("--cache-to")
 
 
 def test_two_runners_share_a_registry_cache(registry: Registry, tmp_path: Path) -> None:
@@ -165,7 +166,7 @@ def test_wrong_content_and_foreign_manifests_are_refused(
     with RegistryClient(options(registry)) as client:
         push(image, store, f"{registry.host}/cache/image:main", client=client)
     not_cache = RegistryCache(f"{registry.host}/cache/image:main", options=options(registry))
-    with pytest.raises(InvalidImageError, match="not a MemoBuild cache"):
+    with pytest.raises(RemoteUnusableError, match="not a MemoBuild cache"):
         not_cache.has_action(entries[0].key)
     not_cache.close()
 

@@ -25,7 +25,7 @@ from memobuild.cache.entries import ActionEntry, LayerRef, decode_action, encode
 from server_fixture import RunningServer, free_port, run_server, server_command
 
 RW_TOKEN = "rw-token-0123456789abcdef"  # noqa: S105 - a test's token
-RO_TOKEN = "ro-token-0123456789abcdef"  # noqa: S105
+RO_TOKEN = "ro-token-0123456789abcdef"  # noqa: S105 - a test's token
 
 
 # --- a small HTTP client -----------------------------------------------------------------------
@@ -367,7 +367,7 @@ def test_non_loopback_bind_needs_tokens(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{RW_TOKEN} rw\n")
     tokens.chmod(0o600)
-    with run_server(tmp_path, token_file=tokens, extra_args=["--host", "0.0.0.0"]) as server:  # noqa: S104
+    with run_server(tmp_path, token_file=tokens, extra_args=["--host", "0.0.0.0"]) as server:  # noqa: S104 - allowed with tokens
         assert call(server, "PUT", "/v1/blobs/" + sha256(b"x"), b"x").status == 401
         assert "bearer tokens required" in server.logs()
 

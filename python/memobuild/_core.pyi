@@ -144,10 +144,32 @@ def write_tree_layer(
     source_date_epoch: int | None = None,
 ) -> tuple[str, str, int, int]: ...
 
-# returns (entries, expanded bytes)
+# entries: rows (name, kind "file"|"dir"|"symlink", source path, symlink target, BLAKE3 digest
+# (32 bytes) a file must have, mode, uid, gid, mtime in ns (None: the source's))
+def write_entries_layer(
+    entries: Sequence[
+        tuple[bytes, str, str | None, bytes | None, bytes | None, int, int, int, int | None]
+    ],
+    out_path: str | PathLike[str],
+    source_date_epoch: int | None = None,
+) -> tuple[str, str, int, int]: ...
+
+# [(name, kind "dir"|"file"|"symlink"|"hardlink"|"other")] in archive order; names canonical
+def list_layer(
+    path: str | PathLike[str],
+    max_bytes: int = ...,
+    max_entries: int = ...,
+) -> list[tuple[bytes, str]]: ...
+
+# returns (entries, expanded bytes, diff_id: "sha256:<hex>" of the uncompressed tar)
 def unpack_layer(
     path: str | PathLike[str],
     root: str | PathLike[str],
     max_bytes: int = ...,
     max_entries: int = ...,
-) -> tuple[int, int]: ...
+) -> tuple[int, int, str]: ...
+
+# (start, end) character offsets of the matches of a ${VAR#pattern}-family expression:
+# mode "first" (leftmost-first) or "all" (Go's ReplaceAllString); ValueError(message) for a
+# pattern that does not compile or is too large
+def shell_pattern_spans(source: str, text: str, mode: str) -> list[tuple[int, int]]: ...

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
-use crate::layer::{self, LayerError, LayerInfo, Limits, WriteOptions};
+use crate::layer::{self, EntrySpec, LayerError, LayerInfo, Limits, ListedKind, WriteOptions};
 use crate::py::hash::io_error;
 use crate::snapshot as snap;
 
@@ -139,7 +140,103 @@ fn write_tree_layer(
         .map_err(layer_error)
 }
 
-/// Returns (entries, expanded bytes).
+/// One row of `write_entries_layer`: (name, kind, source, link, blake3, mode, uid, gid,
+/// mtime_ns); see `layer::EntrySpec`.
+type EntryRow = (
+    Vec<u8>,
+    String,
+    Option<PathBuf>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    u32,
+    u64,
+    u64,
+    Option<i64>,
+);
+
+fn entry_spec(row: EntryRow) -> PyResult<EntrySpec> {
+    let (name, kind, source, link, digest, mode, uid, gid, mtime_ns) = row;
+    let kind = match kind.as_str() {
+        "file" => snap::Kind::File,
+        "dir" => snap::Kind::Dir,
+        "symlink" => snap::Kind::Symlink,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "entry kind must be 'file', 'dir' or 'symlink', not {other:?}"
+            )))
+        }
+    };
+    let blake3 = match digest {
+        None => None,
+        Some(d) => Some(
+            <[u8; 32]>::try_from(d.as_slice())
+                .map_err(|_| PyValueError::new_err("a BLAKE3 digest is 32 bytes"))?,
+        ),
+    };
+    Ok(EntrySpec {
+        name,
+        kind,
+        source,
+        link: link.unwrap_or_default(),
+        blake3,
+        mode,
+        uid,
+        gid,
+        mtime_ns,
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (entries, out_path, source_date_epoch=None))]
+fn write_entries_layer(
+    py: Python<'_>,
+    entries: Vec<EntryRow>,
+    out_path: PathBuf,
+    source_date_epoch: Option<i64>,
+) -> PyResult<InfoTuple> {
+    let opts = write_options(source_date_epoch)?;
+    let specs = entries
+        .into_iter()
+        .map(entry_spec)
+        .collect::<PyResult<Vec<_>>>()?;
+    py.detach(|| layer::write_entries_layer(&specs, &out_path, &opts))
+        .map(info_tuple)
+        .map_err(layer_error)
+}
+
+/// Returns [(name, kind)] in archive order; kind is "dir", "file", "symlink", "hardlink" or
+/// "other".
+#[pyfunction]
+#[pyo3(signature = (path, max_bytes=layer::DEFAULT_MAX_BYTES, max_entries=layer::DEFAULT_MAX_ENTRIES))]
+fn list_layer<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    max_bytes: u64,
+    max_entries: u64,
+) -> PyResult<Vec<(Bound<'py, PyBytes>, &'static str)>> {
+    let limits = Limits {
+        max_bytes,
+        max_entries,
+    };
+    let listed = py
+        .detach(|| layer::list_layer(&path, limits))
+        .map_err(layer_error)?;
+    Ok(listed
+        .iter()
+        .map(|(name, kind)| {
+            let kind = match kind {
+                ListedKind::Dir => "dir",
+                ListedKind::File => "file",
+                ListedKind::Symlink => "symlink",
+                ListedKind::HardLink => "hardlink",
+                ListedKind::Other => "other",
+            };
+            (PyBytes::new(py, name), kind)
+        })
+        .collect())
+}
+
+/// Returns (entries, expanded bytes, diff_id: "sha256:<hex>" of the uncompressed tar).
 #[pyfunction]
 #[pyo3(signature = (path, root, max_bytes=layer::DEFAULT_MAX_BYTES, max_entries=layer::DEFAULT_MAX_ENTRIES))]
 fn unpack_layer(
@@ -148,13 +245,19 @@ fn unpack_layer(
     root: PathBuf,
     max_bytes: u64,
     max_entries: u64,
-) -> PyResult<(u64, u64)> {
+) -> PyResult<(u64, u64, String)> {
     let limits = Limits {
         max_bytes,
         max_entries,
     };
     py.detach(|| layer::unpack_layer(&path, &root, limits))
-        .map(|s| (s.entries, s.bytes))
+        .map(|s| {
+            (
+                s.entries,
+                s.bytes,
+                format!("sha256:{}", hex::encode(s.diff_id)),
+            )
+        })
         .map_err(layer_error)
 }
 
@@ -170,5 +273,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(snapshot, m)?)?;
     m.add_function(wrap_pyfunction!(write_diff_layer, m)?)?;
     m.add_function(wrap_pyfunction!(write_tree_layer, m)?)?;
+    m.add_function(wrap_pyfunction!(write_entries_layer, m)?)?;
+    m.add_function(wrap_pyfunction!(list_layer, m)?)?;
     m.add_function(wrap_pyfunction!(unpack_layer, m)?)
 }

@@ -5,4 +5,5 @@ pub mod hash;
 pub mod ignore;
 pub mod layer;
 pub mod select;
+pub mod shellmatch;
 pub mod verify;

@@ -18,7 +18,10 @@ write outside the destination or smuggle in a host device:
   (a relative target that climbs out, or an absolute one elsewhere in the image; with the
   destination ``/`` every absolute target is inside, so ``ADD rootfs.tar.xz /`` works);
 * hard links to anything outside the destination or to something not extracted yet;
-* character and block devices and FIFOs.
+* character and block devices and FIFOs;
+* archives that expand past :data:`MAX_ARCHIVE_BYTES` or hold more than
+  :data:`MAX_ARCHIVE_ENTRIES` entries, and extended headers (PAX, GNU long names) larger than
+  :data:`MAX_EXTENDED_HEADER` (decompression bombs; the same bounds as layer unpacking).
 
 This is tarfile's ``data`` filter, read in the image's namespace rather than the host's. The
 filter's mode sanitising (dropping setuid/setgid/sticky and group/other write) is deliberately
@@ -62,6 +65,9 @@ from memobuild.errors import InputError
 
 __all__ = [
     "COMPRESSIONS",
+    "MAX_ARCHIVE_BYTES",
+    "MAX_ARCHIVE_ENTRIES",
+    "MAX_EXTENDED_HEADER",
     "MAX_SYMLINKS",
     "ArchiveError",
     "archive_compression",
@@ -77,6 +83,13 @@ __all__ = [
 
 MAX_SYMLINKS = 255
 """containerd's ``fs.RootPath`` gives up after this many symlinks (ELOOP)."""
+
+MAX_ARCHIVE_BYTES = 64 << 30
+"""Bound on the decompressed tar bytes (headers, data, padding) ADD reads from one archive."""
+MAX_ARCHIVE_ENTRIES = 5_000_000
+"""Bound on the entries ADD extracts from one archive."""
+MAX_EXTENDED_HEADER = 1 << 20
+"""Bound on one PAX or GNU long-name header, which tarfile reads into memory whole."""
 
 _CHUNK = 1 << 20
 
@@ -479,6 +492,52 @@ class _Extractor:
             os.utime(target, (mtime, mtime), follow_symlinks=False)
 
 
+class _TooLarge(Exception):
+    """Raised from inside tarfile's reading when the archive passes a bound."""
+
+    def __init__(self, reason: str, entry: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.entry = entry
+
+
+class _BoundedStream:
+    """The decompressed stream, refusing to yield more than ``limit`` bytes."""
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        self.stream = stream
+        self.limit = limit
+        self.read_bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.read_bytes += len(data)
+        if self.read_bytes > self.limit:
+            raise _TooLarge(f"the archive expands past {self.limit} bytes (a decompression bomb?)")
+        return data
+
+
+_EXTENDED_TYPES = frozenset(
+    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
+    | {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads an extended header into memory in one piece, whatever size it claims:
+    refuse the big ones before it does."""
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED_TYPES and self.size > MAX_EXTENDED_HEADER:
+            raise _TooLarge(
+                f"extended header of {self.size} bytes (at most {MAX_EXTENDED_HEADER})",
+                self.name,
+            )
+        proc = super()._proc_member  # type: ignore[misc]  # tarfile's hook, not in typeshed
+        member: tarfile.TarInfo = proc(archive)
+        return member
+
+
 # Errors that say an entry does not fit what is already at its path (a file where the archive
 # needs a directory, a symlink loop): the archive's problem, reported with the entry.
 _PATH_ERRNOS = (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ELOOP, errno.ENAMETOOLONG)
@@ -491,12 +550,15 @@ def extract_archive(
     container_dest: str = "/",
     owner: tuple[int, int] | None = None,
     display: str | None = None,
+    max_bytes: int = MAX_ARCHIVE_BYTES,
+    max_entries: int = MAX_ARCHIVE_ENTRIES,
 ) -> int:
     """Unpack the (possibly compressed) tar ``archive`` into the directory ``dest``.
 
     ``dest`` is the host path of the destination and the root every member is resolved in;
     ``container_dest`` is how the image names it (for the symlink rule). ``owner`` is
     ``--chown``: it replaces every entry's uid/gid. ``display`` names the archive in errors.
+    ``max_bytes`` and ``max_entries`` bound what the archive may expand to.
     Returns the number of entries extracted. Raises ArchiveError naming the first refused
     entry, or the archive when it is corrupt; entries before it stay extracted (the caller
     discards the rootfs of a failed step).
@@ -507,9 +569,14 @@ def extract_archive(
     current = "(start of archive)"
     with open_decompressed(archive, display=shown) as stream:
         try:
-            with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:
+            bounded = cast(IO[bytes], _BoundedStream(stream, max_bytes))
+            with tarfile.open(
+                fileobj=bounded, mode="r|", errorlevel=2, tarinfo=_BoundedTarInfo
+            ) as tar:
                 for member in tar:
                     current = member.name
+                    if count >= max_entries:
+                        raise _TooLarge(f"the archive holds more than {max_entries} entries")
                     try:
                         extractor.extract(tar, member)
                     except OSError as err:
@@ -522,6 +589,8 @@ def extract_archive(
                     count += 1
         except ArchiveError:
             raise
+        except _TooLarge as err:
+            raise ArchiveError(shown, f"refused: {err.reason}", err.entry or current) from None
         except tarfile.TarError as err:
             raise ArchiveError(shown, f"corrupt archive after {current!r}: {err}") from None
         except _corrupt_errors() as err:

@@ -98,8 +98,16 @@ from memobuild.build.archive import (
     set_owner,
 )
 from memobuild.build.fetch import Fetcher
+from memobuild.build.layers import LayerBlob, LayerEntryRow, write_entries_layer
 from memobuild.dockerfile.instructions import AddInstruction, CopyInstruction
-from memobuild.errors import DockerfileParseError, MemoBuildError, PatternError, StorageError
+from memobuild.errors import (
+    DockerfileParseError,
+    LayerFormatError,
+    MemoBuildError,
+    PatternError,
+    StorageError,
+    from_os_error,
+)
 from memobuild.ignore import DockerIgnore
 from memobuild.plan.sources import BuildContext, SourceNotFoundError, is_remote_source
 
@@ -107,7 +115,10 @@ __all__ = [
     "ContextChangedError",
     "CopyFailedError",
     "CopySource",
+    "DirectCopy",
+    "LayerLookup",
     "apply_copy",
+    "plan_direct_copy",
 ]
 
 _CHUNK = 1 << 20
@@ -1264,7 +1275,7 @@ def _place_parents(
     writer: _Writer, placement: _Placement, dest: str, exclude: Sequence[str]
 ) -> None:
     """``--parents``: recreate the match's directories below the destination."""
-    assert placement.tree is not None and placement.below is not None  # noqa: S101
+    assert placement.tree is not None and placement.below is not None  # noqa: S101 - --parents sets both
     tree, node = placement.tree, placement.node
     current = writer.make_dirs(dest)
     names = [n for n in (placement.below or "").split("/") if n]
@@ -1303,3 +1314,294 @@ def _extract(
         )
     except ArchiveError as err:
         raise writer.where.fail(f"{writer.where.keyword}: {err}") from err
+
+
+# --------------------------------------------------------------------------------------------
+# Without a rootfs: the copy as layer entries
+
+
+class LayerLookup(Protocol):
+    """What the stage's layers so far hold at a path (root-relative, ``a/b``): ``"dir"``,
+    ``"file"``, ``"symlink"``, ``"hardlink"``, ``"other"``, or None for nothing."""
+
+    def __call__(self, path: str) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class DirectCopy:
+    """A COPY/ADD from the build context planned as the entries of its layer (what
+    :func:`apply_copy` would write into a rootfs that the layers so far make, and the diff
+    would then find): rows for :func:`memobuild.build.layers.write_entries_layer`."""
+
+    entries: tuple[LayerEntryRow, ...]
+    where: _Where
+    keys: dict[bytes, bytes]  # entry name -> the context path it is read from
+
+    def write(self, out: Path, *, source_date_epoch: int | None) -> LayerBlob:
+        """Write the layer; a context file that is not what the plan hashed (edited, gone,
+        replaced) raises ContextChangedError, as the copy into a rootfs does."""
+        try:
+            return write_entries_layer(self.entries, out, source_date_epoch=source_date_epoch)
+        except LayerFormatError as err:
+            entry = os.fsencode(err.entry)
+            raise self.where.changed(os.fsdecode(self.keys.get(entry, entry)), err.reason) from None
+        except OSError as err:
+            name = os.fsdecode(err.filename) if err.filename is not None else ""
+            source = next((self.keys[row[0]] for row in self.entries if row[2] == name), None)
+            if source is None or not _gone(err):  # the blob's own file, or the disk failed
+                raise from_os_error(err) from err
+            raise self.where.changed(os.fsdecode(source), err.strerror or "gone") from None
+
+
+class _NotDirect(Exception):
+    """The copy depends on something only a rootfs shows (a symlink on the way, a file where a
+    directory goes, ...): it must take the rootfs path, which also reports any error."""
+
+
+def plan_direct_copy(
+    instruction: CopyInstruction | AddInstruction,
+    source: CopySource,
+    lookup: LayerLookup,
+    *,
+    workdir: str,
+    dockerignore: Sequence[str] = (),
+    chown: tuple[int, int] | None = None,
+    now_ns: int,
+    file: str | None = None,
+) -> DirectCopy | None:
+    """Plan ``instruction`` as layer entries without a rootfs, or None when that cannot be
+    proven to give what :func:`apply_copy` gives (the caller then materialises a rootfs).
+
+    Only context sources (no ``--from``, URL, heredoc or archive ADD); and every path the copy
+    writes or passes through, looked up with ``lookup`` in the layers so far, must be missing or
+    what the rootfs path would accept without following a symlink: a directory where a
+    directory goes, no directory where a file goes. Directories the copy creates get ``now_ns``
+    as their mtime (what writing into them gives them in a rootfs); existing directories on
+    the way get no entry (their metadata stays that of the layers below). Errors matching the
+    sources (SourceNotFoundError, a bad pattern, a device in the context) are raised, as the
+    rootfs path raises them.
+    """
+    if instruction.contents or not source.is_context or source.index is None:
+        return None
+    if isinstance(instruction, CopyInstruction) and instruction.from_ is not None:
+        return None
+    if isinstance(instruction, AddInstruction) and any(
+        is_remote_source(s) for s in instruction.sources
+    ):
+        return None
+    where = _Where(instruction.keyword, file, instruction.line)
+    try:
+        chmod = _ModeChange.parse(instruction.chmod)
+    except ValueError:
+        return None
+    dest, dest_is_dir = _destination(instruction.dest, workdir)
+    parents = isinstance(instruction, CopyInstruction) and instruction.parents
+    placements = _gather(instruction, source, where, dockerignore, None, parents)
+    if any(p.archive for p in placements):
+        return None
+    plan = _DirectPlan(lookup, chown=chown, chmod=chmod, now_ns=now_ns)
+    rel_dest = dest.lstrip("/")
+    try:
+        if len(placements) > 1 and not dest_is_dir and not parents:
+            several_ok = plan.kind(rel_dest) == "dir" or all(
+                p.node.kind == "dir" for p in placements
+            )
+            if not several_ok:
+                raise _NotDirect
+        for placement in placements:
+            plan.place(placement, rel_dest, dest_is_dir, instruction.exclude)
+    except _NotDirect:
+        return None
+    return DirectCopy(tuple(plan.rows.values()), where, plan.keys)
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+class _DirectPlan:
+    """:class:`_Writer` and :func:`_place` played against the layers' listing: the same
+    decisions, recorded as layer rows instead of written."""
+
+    def __init__(
+        self,
+        lookup: LayerLookup,
+        *,
+        chown: tuple[int, int] | None,
+        chmod: _ModeChange | None,
+        now_ns: int,
+    ) -> None:
+        self.lookup = lookup
+        self.chown = chown
+        self.chmod = chmod
+        self.now_ns = now_ns
+        self.made: dict[str, str] = {}  # path -> kind, for what this copy put there
+        self.described: set[str] = set()  # directories whose mode and mtime a put_dir set
+        self.rows: dict[str, LayerEntryRow] = {}
+        self.keys: dict[bytes, bytes] = {}
+
+    def kind(self, path: str) -> str | None:
+        made = self.made.get(path)
+        return made if made is not None else self.lookup(path)
+
+    def owner(self, node: _Node) -> tuple[int, int]:
+        return self.chown if self.chown is not None else (node.uid, node.gid)
+
+    def mode(self, node: _Node) -> int:
+        if self.chmod is None:
+            return node.mode
+        return self.chmod.apply(node.mode, is_dir=node.kind == "dir")
+
+    def make_dirs(self, path: str) -> None:
+        """``make_dirs_in_root``: missing directories 0755, owned by --chown or root."""
+        current = ""
+        for name in path.split("/"):
+            if not name:
+                continue
+            current = _join(current, name)
+            kind = self.kind(current)
+            if kind == "dir":
+                continue
+            if kind is not None:  # a symlink to follow, or not a directory: the rootfs decides
+                raise _NotDirect
+            uid, gid = self.chown or (0, 0)
+            self.made[current] = "dir"
+            self.rows[current] = (
+                os.fsencode(current),
+                "dir",
+                None,
+                None,
+                None,
+                0o755,
+                uid,
+                gid,
+                self.now_ns,
+            )
+
+    def place(
+        self, placement: _Placement, dest: str, dest_is_dir: bool, exclude: Sequence[str]
+    ) -> None:
+        node = placement.node
+        if placement.below is not None:
+            self.place_parents(placement, dest, exclude)
+            return
+        self.make_dirs(dest if dest_is_dir else posixpath.dirname(dest))
+        kind = self.kind(dest) if dest else "dir"
+        if kind == "symlink":  # resolve_in_root would follow it
+            raise _NotDirect
+        if node.kind == "dir":
+            assert placement.tree is not None  # noqa: S101 - directories come from a tree
+            if kind is None:
+                self.make_dirs(dest)
+            elif kind != "dir":
+                raise _NotDirect
+            self.copy_dir(placement.tree, node, dest, exclude)
+            return
+        target = _join(dest, placement.name) if kind == "dir" else dest
+        self.put_leaf(node, target)
+
+    def place_parents(self, placement: _Placement, dest: str, exclude: Sequence[str]) -> None:
+        assert placement.tree is not None and placement.below is not None  # noqa: S101 - --parents sets both
+        tree, node = placement.tree, placement.node
+        self.make_dirs(dest)
+        current = dest
+        names = [n for n in placement.below.split("/") if n]
+        dirs = names if node.kind == "dir" else names[:-1]
+        matched = placement.path.split("/") if placement.path else []
+        for i, name in enumerate(dirs):
+            upto = len(matched) - (len(names) - i - 1)
+            current = _join(current, name)
+            self.put_dir(tree.lookup("/".join(matched[:upto])), current, overwrite=False)
+        if node.kind == "dir":
+            self.copy_dir(tree, node, current, exclude)
+        else:
+            self.put_leaf(node, _join(current, names[-1]))
+
+    def copy_dir(self, tree: _Tree, node: _Node, target: str, exclude: Sequence[str]) -> None:
+        placed = {""}
+        for rel, child in tree.below(node, exclude):
+            parent = posixpath.dirname(rel)
+            if parent not in placed:
+                parts = parent.split("/")
+                for i in range(1, len(parts) + 1):
+                    upper = "/".join(parts[:i])
+                    if upper not in placed:
+                        self.put_dir(tree.child(node, upper), _join(target, upper), overwrite=False)
+                        placed.add(upper)
+            if child.kind == "dir":
+                self.put_dir(child, _join(target, rel), overwrite=True)
+                placed.add(rel)
+            else:
+                self.put_leaf(child, _join(target, rel))
+
+    def put_dir(self, node: _Node, path: str, *, overwrite: bool) -> None:
+        kind = self.kind(path)
+        if kind is not None and kind != "dir":
+            raise _NotDirect  # "cannot copy to non-directory"
+        if kind is not None and not overwrite:
+            return
+        # _Writer applies the directory modes and times it gathered in reverse order: the
+        # first put of a directory sets them; the owner is the same for every context node.
+        if path in self.described:
+            return
+        if node.host is None:  # pragma: no cover - context nodes always have a host path
+            raise _NotDirect
+        uid, gid = self.owner(node)
+        self.made[path] = "dir"
+        self.described.add(path)
+        self.rows[path] = (
+            os.fsencode(path),
+            "dir",
+            os.fspath(node.host),
+            None,
+            None,
+            self.mode(node),
+            uid,
+            gid,
+            node.mtime_ns,
+        )
+        self.keys[os.fsencode(path)] = node.key
+
+    def put_leaf(self, node: _Node, path: str) -> None:
+        if node.kind == "socket":
+            return  # a tar layer cannot hold a socket
+        if node.kind not in ("file", "symlink") or node.host is None:
+            raise _NotDirect
+        if self.kind(path) == "dir":
+            raise _NotDirect  # "cannot replace directory ... with a file"
+        uid, gid = self.owner(node)
+        name = os.fsencode(path)
+        if node.kind == "file":
+            if node.digest is None or not node.digest.startswith("blake3:"):
+                raise _NotDirect
+            digest = bytes.fromhex(node.digest[len("blake3:") :])
+            row: LayerEntryRow = (
+                name,
+                "file",
+                os.fspath(node.host),
+                None,
+                digest,
+                self.mode(node),
+                uid,
+                gid,
+                node.mtime_ns,
+            )
+        else:
+            if not node.link:
+                raise _NotDirect
+            # A symlink's own mode is 0777 on Linux: what the diff of a rootfs records.
+            row = (
+                name,
+                "symlink",
+                os.fspath(node.host),
+                os.fsencode(node.link),
+                None,
+                0o777,
+                uid,
+                gid,
+                node.mtime_ns,
+            )
+        self.made[path] = node.kind
+        self.described.discard(path)
+        self.rows[path] = row
+        self.keys[name] = node.key

@@ -24,14 +24,20 @@ How a build runs (DESIGN.md, "Execution"):
   change: nothing is unpacked. At the first step that misses *and* needs the filesystem, the
   layers so far are unpacked into a scratch rootfs; from then on a miss runs on it and a hit
   unpacks its layers on top of it. Config-only steps (ENV, CMD, ...) never need a rootfs.
+* **Steps without a rootfs.** While a stage has no rootfs, a WORKDIR or a COPY/ADD from the
+  build context that can be planned from the listing of the layers so far is written straight
+  from its sources into its layer (build/direct.py): ``FROM base / WORKDIR /app / COPY . .``
+  never writes the context's files to disk. Anything else, or anything only a rootfs could
+  decide (a symlink on the way, a user name, an archive to unpack), materialises as above.
 * **Storing.** A step that ran is diffed against the stat snapshot taken before it (Rust); the
   layer blob goes into the store, then the action entry (layers, config change, preimage,
   timings). So a failed step stores nothing, every earlier step stays stored, and the next
   build picks up where this one stopped. Writes are atomic, so an interrupted build (Ctrl-C,
   SIGKILL) leaves at worst an unreferenced temp file that ``cache prune`` removes.
 * **Scratch.** Rootfs trees, layer tars and unpacked sources live in one scratch directory per
-  build under the cache dir (build/rootfs.py), removed on every exit path; one left by a
-  killed build is removed by the next build.
+  build under the cache dir (build/rootfs.py), removed on every exit path, by a detached
+  background process when it holds more than empty directories (the build does not wait for
+  a big tree to be deleted); one left by a killed build or remover is removed by the next build.
 * **ADD of a URL without --checksum.** The plan cannot know what the URL holds, so the build
   fetches it and refines the key with the content digest; every key downstream is refined
   with it (the build's plan, recorded for ``explain``, carries the refined keys).
@@ -44,12 +50,18 @@ How a build runs (DESIGN.md, "Execution"):
 * **A remote cache.** With ``cache_from``/``cache_to`` (or ``$MEMOBUILD_REMOTE_URL``) the
   steps' own lookups and stores go through a HybridCache (cache/hybrid.py): local store first,
   then the remote; executed steps (and local hits the push remote lacks) upload in the
-  background. Only those call sites use it: planning, ``explain``, base images, sources,
-  materialising and the image store keep the local store, so nothing else reaches the network
-  or is counted twice. The build waits for its uploads once, after the image is made and
-  before ``BuildFinished``, for at most ``DEFAULT_CLOSE_TIMEOUT`` seconds (a failed build
-  ``FAILED_CLOSE_TIMEOUT``, an interrupted one ``INTERRUPTED_CLOSE_TIMEOUT``); a remote
-  problem never fails the build. Without a remote, the HTTP client is never imported.
+  background (with ``mode=min``, only the steps of the stages whose layers are in the image:
+  the target and the stages it is built FROM). Only those call sites use it: planning,
+  ``explain``, base images, sources, materialising and the image store keep the local store,
+  so nothing else reaches the network or is counted twice. The build waits for its uploads
+  once, after the image is made and before ``BuildFinished``, for at most
+  ``DEFAULT_CLOSE_TIMEOUT`` seconds (a failed build ``FAILED_CLOSE_TIMEOUT``, an interrupted
+  one ``INTERRUPTED_CLOSE_TIMEOUT``); a remote problem never fails the build. Without a
+  remote, the HTTP client is never imported.
+* **diff_ids.** A layer from outside (a pulled base, a remote cache's hit) is checked against
+  the diff_id its image or entry claims where it is first used (oci/diff_ids.py): unpacked (the
+  Rust unpacker hashes the tar it applies), or, if the build never unpacks it, before an image
+  holding it is saved under a tag or exported. Layers the build writes are recorded as checked.
 * **Metrics and outputs.** After the image is made, each ``outputs`` spec is exported
   (build/outputs.py; the specs are parsed before anything runs, so a bad one fails fast). Every
   build, successful or not once it has a plan, leaves a record in the store's metrics log
@@ -70,6 +82,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from memobuild.build.base import BaseResolver, BuildContextSpec, parse_build_context
+from memobuild.build.direct import DirectLayer, LayerView, plan_direct_layer
 from memobuild.build.events import (
     BuildEvent,
     BuildFailed,
@@ -84,7 +97,13 @@ from memobuild.build.events import (
     StepStarted,
 )
 from memobuild.build.fetch import Fetcher
-from memobuild.build.layers import source_date_epoch_from_env, take_snapshot, write_diff_layer
+from memobuild.build.layers import (
+    LayerBlob,
+    list_layer,
+    source_date_epoch_from_env,
+    take_snapshot,
+    write_diff_layer,
+)
 from memobuild.build.materialise import SourceTrees, materialise
 from memobuild.build.metrics import (
     FAILED,
@@ -96,7 +115,7 @@ from memobuild.build.metrics import (
     MetricsLog,
 )
 from memobuild.build.planning import plan_build
-from memobuild.build.rootfs import ScratchArea, ScratchDir, remove_tree
+from memobuild.build.rootfs import ScratchArea, ScratchDir
 from memobuild.build.sandbox import Sandbox
 from memobuild.build.secrets import SecretSource, load_secrets, parse_secret_flag
 from memobuild.build.state import HISTORY_COMMENT, StageChain, config_changes, created_by, rfc3339
@@ -109,6 +128,7 @@ from memobuild.dockerfile.stages import BuildStages, Stage
 from memobuild.errors import BuildStepError, InputError, MemoBuildError
 from memobuild.images import ImageStore
 from memobuild.logging import logger
+from memobuild.oci.diff_ids import record_diff_id, verify_diff_ids
 from memobuild.oci.image import Image, image_digest
 from memobuild.oci.platform import parse_platform
 from memobuild.oci.session import RegistrySession
@@ -311,6 +331,7 @@ class _StageRun:
     label: str
     chain: StageChain
     rootfs: Path | None = None
+    view: LayerView | None = None  # the chain's layers as listed, while there is no rootfs
 
 
 class _Build:
@@ -357,9 +378,17 @@ class _Build:
         self._sandbox: Sandbox | None = None
         self._key_locks: dict[str, threading.Lock] = {}
         self._fresh: set[str] = set()  # keys this build stored
+        self._listings: dict[str, list[tuple[bytes, str]]] = {}  # layer digest -> its entries
         self.fetcher = Fetcher(scratch.new_dir("downloads"))
         self.trees = SourceTrees(store, scratch, resolver, lambda i: self.chains[i].layers)
         self.labels = {node.stage: node.stage_name for node in plan.nodes}
+        # The stages whose layers make up the image: the target and the stages it is built
+        # FROM, transitively (what a remote cache's mode=min exports).
+        self.image_stages: set[int] = set()
+        index: int | None = stages.target
+        while index is not None:
+            self.image_stages.add(index)
+            index = stages.stages[index].base_stage
         # Stages some other stage reads from (COPY --from, RUN --mount from=): their final
         # filesystem is kept (or unpacked on demand) until the build ends.
         self.read_from: set[int] = {
@@ -399,24 +428,24 @@ class _Build:
 
     # -- the action cache: the local store, or the hybrid cache in front of a remote ---------
 
-    def _lookup(self, key: str) -> tuple[ActionEntry | None, str]:
+    def _lookup(self, node: PlanNode) -> tuple[ActionEntry | None, str]:
         """A step's entry (None: a miss) and the tier that answered."""
         if self.cache is None:
-            return self.store.get_action(key), LOCAL
-        entry, tier = self.cache.lookup(key)
+            return self.store.get_action(node.key), LOCAL
+        entry, tier = self.cache.lookup(node.key, in_image=node.stage in self.image_stages)
         return entry, tier or LOCAL
 
-    def _probe(self, key: str) -> str | None:
-        """The tier that holds ``key`` (None: a miss), for FROM, which needs no entry."""
+    def _probe(self, node: PlanNode) -> str | None:
+        """The tier that holds ``node``'s key (None: a miss), for FROM, which needs no entry."""
         if self.cache is None:
-            return LOCAL if self.store.has_action(key) else None
-        return self.cache.probe(key)
+            return LOCAL if self.store.has_action(node.key) else None
+        return self.cache.probe(node.key, in_image=node.stage in self.image_stages)
 
-    def _put_action(self, entry: ActionEntry) -> None:
+    def _put_action(self, node: PlanNode, entry: ActionEntry) -> None:
         if self.cache is None:
             self.store.put_action(entry)
         else:
-            self.cache.put_action(entry)
+            self.cache.put_action(entry, in_image=node.stage in self.image_stages)
 
     def _check_cancel(self) -> None:
         if self.cancel.is_set():
@@ -534,7 +563,7 @@ class _Build:
                 run.rootfs = None
         finally:
             if run.rootfs is not None:
-                remove_tree(run.rootfs)
+                self.scratch.discard(run.rootfs)
 
     def _initial_chain(self, stage: Stage) -> StageChain:
         if stage.base_stage is not None:
@@ -548,7 +577,7 @@ class _Build:
         """FROM runs nothing; its entry marks the base as seen, so plan/explain report it."""
         started = time.monotonic()
         reason = None
-        tier = None if self.no_cache else self._probe(node.key)
+        tier = None if self.no_cache else self._probe(node)
         if tier is not None:
             status = CACHED
             self.emit(
@@ -561,13 +590,14 @@ class _Build:
                 self._running_reasons[node.id] = reason
             self.emit(StepStarted(node.number, run.label, node.text, node.key, reason))
             self._put_action(
+                node,
                 ActionEntry(
                     key=node.key,
                     layers=(),
                     config={"from": run.stage.base},
                     preimage=node.preimage,
                     created=time.time(),
-                )
+                ),
             )
         duration = time.monotonic() - started
         if status == EXECUTED:
@@ -610,7 +640,7 @@ class _Build:
     def _hit_or_run(self, node: PlanNode, run: _StageRun) -> None:
         started = time.monotonic()
         use_cache = not self.no_cache or node.key in self._fresh  # --no-cache: this build's own
-        entry, tier = self._lookup(node.key) if use_cache else (None, LOCAL)
+        entry, tier = self._lookup(node) if use_cache else (None, LOCAL)
         reason: str | None = None
         if entry is not None:
             try:
@@ -658,11 +688,16 @@ class _Build:
         }
         layers: tuple[LayerRef, ...] = ()
         if needs_rootfs(step):
-            if run.rootfs is None:
-                run.rootfs = materialise(
-                    self.store, run.chain.layers, self.scratch.new_dir(f"{run.label}-rootfs")
-                )
-            layers = self._filesystem_step(node, run, run.rootfs)
+            direct = self._plan_direct(node, run) if run.rootfs is None else None
+            if direct is not None:
+                layers = self._direct_step(node, run, direct)
+            else:
+                if run.rootfs is None:
+                    run.rootfs = materialise(
+                        self.store, run.chain.layers, self.scratch.new_dir(f"{run.label}-rootfs")
+                    )
+                    run.view = None
+                layers = self._filesystem_step(node, run, run.rootfs)
         self._check_cancel()
         duration = time.monotonic() - started
         now = time.time()
@@ -674,7 +709,7 @@ class _Build:
             created=now,
             duration=duration,
         )
-        self._put_action(entry)
+        self._put_action(node, entry)
         with self._lock:
             self._fresh.add(node.key)
         run.chain.apply(node.key, layers, changes, self._history_time(now))
@@ -722,12 +757,69 @@ class _Build:
             blob = write_diff_layer(
                 rootfs, before, out, source_date_epoch=self.epoch, exclude=exclude
             )
-            if blob.entries == 0:
-                return ()
-            fresh = not self.store.has_blob(blob.digest)  # bytes_written counts new blobs only
-            (self.cache or self.store).put_blob_file(blob.path, blob.digest)
+            return self._store_layer(node, run, blob)
         finally:
             out.unlink(missing_ok=True)
+
+    # -- steps without a rootfs (build/direct.py) -------------------------------------------
+
+    def _plan_direct(self, node: PlanNode, run: _StageRun) -> DirectLayer | None:
+        """The step's layer planned from the stage's layer listings, or None when it needs
+        the rootfs."""
+        step = node.step
+        assert step is not None  # noqa: S101 - checked by the caller
+        try:
+            return plan_direct_layer(
+                step,
+                lambda: self._view(run),
+                context=self.plan.context,
+                context_index=self.plan.context_index,
+                dockerignore=self.plan.dockerignore,
+                now_ns=time.time_ns(),
+                file=self.file,
+            )
+        except MemoBuildError as err:
+            raise _located(err, self.file, node) from None
+
+    def _view(self, run: _StageRun) -> LayerView:
+        """The stage's layers as listed (each layer read once per build)."""
+        if run.view is None:
+            run.view = LayerView()
+        for layer in run.chain.layers[run.view.layers :]:
+            with self._lock:
+                listing = self._listings.get(layer.digest)
+            if listing is None:
+                listing = list_layer(self.store.blob_path(layer.digest))
+                with self._lock:
+                    self._listings[layer.digest] = listing
+            run.view.apply(listing)
+        return run.view
+
+    def _direct_step(
+        self, node: PlanNode, run: _StageRun, direct: DirectLayer
+    ) -> tuple[LayerRef, ...]:
+        if not direct.entries:
+            return ()
+        out = self.scratch.new_file(f"layer-{node.number}.tar.gz")
+        try:
+            try:
+                blob = direct.write(out, source_date_epoch=self.epoch)
+            except MemoBuildError as err:
+                raise _located(err, self.file, node) from None
+            with self._lock:
+                self._listings[blob.digest] = direct.listing()
+            return self._store_layer(node, run, blob)
+        finally:
+            out.unlink(missing_ok=True)
+
+    def _store_layer(self, node: PlanNode, run: _StageRun, blob: LayerBlob) -> tuple[LayerRef, ...]:
+        """Put a step's layer blob into the store (none if it has no entries)."""
+        if blob.entries == 0:
+            return ()
+        fresh = not self.store.has_blob(blob.digest)  # bytes_written counts new blobs only
+        (self.cache or self.store).put_blob_file(blob.path, blob.digest)
+        # Rust hashed the tar as it wrote it: this blob's diff_id needs no check at its use.
+        record_diff_id(self.store, blob.digest, blob.diff_id)
         if fresh:
             with self._lock:
                 self.stored_bytes += blob.size
@@ -911,10 +1003,12 @@ def build(
     ``on_event`` receives the build's events (build/events.py), one call at a time.
 
     ``cache_from`` pulls from a remote cache and ``cache_to`` pushes to one (``--cache-from``/
-    ``--cache-to`` spellings: ``type=memobuild,url=URL`` or a bare ``http(s)://`` URL, or a
-    parsed CacheOption); with neither, ``$MEMOBUILD_REMOTE_URL`` (if set) does both.
-    ``remote_token`` defaults to ``$MEMOBUILD_REMOTE_TOKEN``. A remote cache never fails the
-    build: it degrades to the local store with one warning.
+    ``--cache-to`` spellings: ``type=memobuild,url=URL`` or a bare ``http(s)://`` URL for a
+    memobuild server, ``type=registry,ref=REF[,mode=max|min]`` for a registry, or a parsed
+    CacheOption); with neither, ``$MEMOBUILD_REMOTE_URL`` (if set) does both.
+    ``remote_token`` (a memobuild server's) defaults to ``$MEMOBUILD_REMOTE_TOKEN``; a registry
+    cache uses the registry credentials and ``insecure_registries``. A remote cache never fails
+    the build: it degrades to the local store with one warning.
 
     Base images the local store lacks are pulled from their registries: ``pull`` is docker's
     ``--pull`` (``missing``, ``always``, ``never``; build/base.py), ``platform`` the target
@@ -936,7 +1030,7 @@ def build(
     try:
         try:
             registry = RegistrySession(insecure_registries)  # no client until one is needed
-            progress.cache = _open_cache(active, cache_from, cache_to, remote_token, emit)
+            progress.cache = _open_cache(active, cache_from, cache_to, remote_token, emit, registry)
             result = _build(
                 context,
                 dockerfile,
@@ -985,14 +1079,23 @@ def _open_cache(
     cache_to: str | CacheOption | None,
     token: str | None,
     emit: _Events,
+    registry: RegistrySession,
 ) -> HybridCache | None:
     """The hybrid cache for the build's remote options, or None (the local store alone). Only
-    a build with a remote imports what one needs (the HTTP client)."""
+    a build with a remote imports what one needs (the HTTP client). A registry cache shares
+    the build's registry client (``--insecure-registry``, CA bundle, credentials)."""
     from memobuild.cache.options import open_build_cache, remote_configured
 
     if not remote_configured(cache_from, cache_to):
         return None
-    return open_build_cache(store, cache_from, cache_to, token=token, on_event=emit.cache_event)
+    return open_build_cache(
+        store,
+        cache_from,
+        cache_to,
+        token=token,
+        on_event=emit.cache_event,
+        registry=registry,
+    )
 
 
 def _step_number(label: str) -> int:
@@ -1075,6 +1178,8 @@ def _build(
             runner.trees.release()
         final_plan = runner.refined_plan()
         record_plan(store, final_plan)
+        if tags or specs:  # the image leaves the build: no layer in it may lie about its diff_id
+            verify_diff_ids(store, image.layers, f"the image of {plan.target}")
         manifest_digest = ImageStore(store).save(image, list(tags)) if tags else None
         digest = manifest_digest or image_digest(image)
         written = _export(specs, image, store, tags, scratch, emit, progress, registry)

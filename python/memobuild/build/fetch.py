@@ -232,7 +232,7 @@ class Fetcher:
                 attempt += 1
                 if not err.retryable or attempt >= self.attempts:
                     raise
-                self._sleep(random.uniform(0, self.backoff * (2 ** (attempt - 1))))  # noqa: S311
+                self._sleep(random.uniform(0, self.backoff * (2 ** (attempt - 1))))  # noqa: S311 - jitter
 
     def _download(self, url: str, expected: tuple[str, str] | None) -> FetchedFile:
         request = urllib.request.Request(  # noqa: S310 - the scheme is checked to be http(s)

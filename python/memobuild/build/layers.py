@@ -7,7 +7,8 @@ layer tar, computing the blob digest and the diff_id while writing. The same tre
 the same bytes: entries sorted, no atime/ctime/user names, gzip at a fixed level in fixed
 blocks, and with ``SOURCE_DATE_EPOCH`` every mtime clamped to it.
 
-:func:`unpack_layer` applies a layer (gzip or plain tar) with OCI whiteouts. It never writes,
+:func:`unpack_layer` applies a layer (gzip or plain tar) with OCI whiteouts, and returns its diff_id
+from the same pass (the caller compares it with what the image claims). It never writes,
 links or deletes through a symlink, and refuses absolute names, ``..``, hard links leaving the
 root, device nodes when not root, and layers expanding past a byte or entry bound: each a
 :class:`~memobuild.errors.LayerSecurityError` naming the layer and the entry.
@@ -35,11 +36,14 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_ENTRIES",
     "LayerBlob",
+    "LayerEntryRow",
     "Snapshot",
+    "list_layer",
     "source_date_epoch_from_env",
     "take_snapshot",
     "unpack_layer",
     "write_diff_layer",
+    "write_entries_layer",
     "write_tree_layer",
 ]
 
@@ -53,6 +57,13 @@ _EPOCH = re.compile(r"[0-9]+")
 _MAX_EPOCH = 2**63 - 1
 
 StrPath = str | os.PathLike[str]
+
+LayerEntryRow = tuple[bytes, str, str | None, bytes | None, bytes | None, int, int, int, int | None]
+"""One entry of :func:`write_entries_layer`: (name, kind, source, link, blake3, mode, uid, gid,
+mtime_ns). ``name`` is the path in the layer (``a/b``); ``kind`` ``"file"``, ``"dir"`` or
+``"symlink"``; ``source`` where a file's content is read and where an entry without ``mtime_ns``
+takes its mtime from; ``link`` a symlink's target; ``blake3`` the 32-byte digest a file's content
+must have."""
 
 
 @dataclass(frozen=True)
@@ -150,14 +161,51 @@ def write_tree_layer(
     return LayerBlob(Path(out), digest, diff_id, size, entries)
 
 
+def write_entries_layer(
+    entries: Sequence[LayerEntryRow], out: StrPath, *, source_date_epoch: int | None = None
+) -> LayerBlob:
+    """Write ``entries`` as one layer blob at ``out``, in the format :func:`write_diff_layer`
+    writes (sorted the same way, whatever their order here): a layer made from what a step
+    names rather than from a diff of a rootfs.
+
+    A file whose content is not its ``blake3`` (or that shrank, grew, or is no longer a regular
+    file) raises LayerFormatError naming its entry; an OSError (a source that cannot be opened,
+    or ``out``) is raised as it is, with its filename, for the caller to tell which.
+    """
+    if isinstance(entries, (str, bytes)):
+        raise InputError("entries must be a sequence of rows")
+    _check_epoch(source_date_epoch)
+    try:
+        digest, diff_id, size, count = _core.write_entries_layer(
+            list(entries), out, source_date_epoch
+        )
+    except (_core.LayerSecurityError, _core.LayerFormatError) as err:
+        raise _layer_error(out, err) from err
+    return LayerBlob(Path(out), digest, diff_id, size, count)
+
+
+def list_layer(path: StrPath) -> list[tuple[bytes, str]]:
+    """The entries of the layer at ``path``, in archive order: (canonical name, kind), kind
+    one of ``"dir"``, ``"file"``, ``"symlink"``, ``"hardlink"``, ``"other"``. Whiteouts are
+    listed as the ``.wh.`` files they are. Read from the tar headers only; the same names and
+    bounds as :func:`unpack_layer` (LayerSecurityError, LayerFormatError)."""
+    try:
+        return _core.list_layer(path, DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES)
+    except (_core.LayerSecurityError, _core.LayerFormatError) as err:
+        raise _layer_error(path, err) from err
+    except OSError as err:
+        raise from_os_error(err) from err
+
+
 def unpack_layer(
     path: StrPath,
     root: StrPath,
     *,
     max_bytes: int | None = None,
     max_entries: int | None = None,
-) -> None:
-    """Apply the layer at ``path`` (gzip or plain tar) on top of the directory ``root``.
+) -> str:
+    """Apply the layer at ``path`` (gzip or plain tar) on top of the directory ``root``; returns
+    its diff_id (``sha256:`` of the uncompressed tar, hashed in the same pass).
 
     ``max_bytes`` bounds the expanded tar size and ``max_entries`` the number of entries
     (defaults :data:`DEFAULT_MAX_BYTES`, :data:`DEFAULT_MAX_ENTRIES`). A refused entry raises
@@ -168,7 +216,7 @@ def unpack_layer(
         if value is not None and value < 0:
             raise InputError(f"{name} must not be negative: {value}")
     try:
-        _core.unpack_layer(
+        _, _, diff_id = _core.unpack_layer(
             path,
             root,
             DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
@@ -178,3 +226,4 @@ def unpack_layer(
         raise _layer_error(path, err) from err
     except OSError as err:
         raise from_os_error(err) from err
+    return diff_id

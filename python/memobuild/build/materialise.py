@@ -3,7 +3,8 @@
 A stage's rootfs exists only once a step needs the filesystem (Kaniko's rule: hits chain layer
 references, nothing is unpacked). Then every layer so far is unpacked in order into a fresh
 scratch directory, each blob verified by the store on the way (``LocalStore.blob_path``) and
-unpacked by the Rust unpacker, which refuses path traversal and symlink escapes.
+unpacked by the Rust unpacker, which refuses path traversal and symlink escapes and hashes the
+tar it applies, so a layer that is not the diff_id its image claims is refused right there.
 
 :class:`SourceTrees` provides what ``COPY --from`` and ``RUN --mount from=`` read: another stage's
 final filesystem, an image's, or nothing (``scratch``). Each is made at most once per build, on
@@ -20,18 +21,32 @@ from pathlib import Path
 
 from memobuild.build.base import BaseResolver
 from memobuild.build.layers import unpack_layer
-from memobuild.build.rootfs import ScratchDir, remove_tree
+from memobuild.build.rootfs import ScratchDir
 from memobuild.cache.entries import LayerRef
 from memobuild.cache.store import LocalStore
 from memobuild.dockerfile.stages import Platform
+from memobuild.oci.diff_ids import check_recorded_diff_id, diff_id_error, record_diff_id
 
 __all__ = ["SourceTrees", "materialise"]
 
 
 def materialise(store: LocalStore, layers: Sequence[LayerRef], dest: Path) -> Path:
-    """Unpack ``layers`` (bottom first) into the empty directory ``dest``; returns ``dest``."""
+    """Unpack ``layers`` (bottom first) into the directory ``dest``; returns ``dest``.
+
+    Each layer's diff_id is checked against its claim (``oci/diff_ids.py``): before unpacking
+    when an earlier use recorded it, else from the unpacker's own hash of the tar it applied.
+    A wrong claim raises CASIntegrityError with ``dest`` partly written: the caller's scratch
+    tree, discarded with the failed build, so nothing runs on it and nothing is stored.
+    """
     for layer in layers:
-        unpack_layer(store.blob_path(layer.digest), dest)
+        where = f"unpacking into {dest.name}"
+        checked = check_recorded_diff_id(store, layer, where)
+        actual = unpack_layer(store.blob_path(layer.digest), dest)
+        if checked:
+            continue
+        record_diff_id(store, layer.digest, actual)  # what the blob is, whatever was claimed
+        if actual != layer.diff_id:
+            raise diff_id_error(layer, actual, where)
     return dest
 
 
@@ -109,11 +124,10 @@ class SourceTrees:
             return tree
 
     def release(self) -> None:
-        """Remove every tree made here (the scratch directory's removal would too; this frees
-        the space as soon as the last level that reads them is done)."""
+        """Remove every tree made here, in the background (the scratch directory's removal
+        would too; this frees the space as soon as the last level that reads them is done)."""
         with self._lock:
             trees = list(self._trees.values())
             self._trees.clear()
         for tree in trees:
-            if self._scratch.path in tree.parents:
-                remove_tree(tree)
+            self._scratch.discard(tree)

@@ -12,6 +12,15 @@ The lock is taken before the directory exists and released only after it is gone
 deletes only while holding the lock itself, so a sweeper can never delete a live build's tree.
 ``tmp/`` itself belongs to the store, whose ``prune`` removes stray temp *files* there; the
 ``rootfs/`` directory is invisible to it.
+
+Deleting a big tree (a rootfs of 100,000 files) takes as long as writing it, and nobody waits for
+it: so a build hands its scratch directory, when it holds more than a few empty directories, to
+a detached background remover (:func:`remove_in_background`: ``rm -rf`` in a session of its
+own, which neither the build's return nor a Ctrl-C in the terminal waits for or stops). The
+remover inherits the directory's locked file descriptor, so the directory stays locked, and
+safe from sweepers, until the remover has deleted it and then its lock file; a remover that dies
+half-way releases the lock with its death, and the next build's sweep finishes the job. Trees a
+build drops while it runs (a finished stage's rootfs) go the same way (:meth:`ScratchDir.discard`).
 """
 
 from __future__ import annotations
@@ -24,16 +33,30 @@ import os
 import secrets
 import shutil
 import stat
+import subprocess
 from pathlib import Path
 from types import TracebackType
 
 from memobuild.errors import StorageError
 from memobuild.logging import logger
 
-__all__ = ["ScratchArea", "ScratchDir", "remove_tree"]
+__all__ = ["ScratchArea", "ScratchDir", "remove_in_background", "remove_tree"]
 
 AREA = Path("tmp") / "rootfs"
 LOCK_SUFFIX = ".lock"
+
+# The background remover, run as ``sh -c REMOVER_SCRIPT sh TREE LOCK``: deletes TREE (a non-root
+# build may have left directories it cannot write: made writable, then tried again), then,
+# only if TREE is gone, the lock file LOCK (may be empty: no lock file). ``--one-file-system``:
+# anything still mounted below TREE is left alone (and so is the lock file, for the next
+# sweep). The outer shell starts the work in the background and exits at once.
+REMOVER_SCRIPT = (
+    '{ rm -rf --one-file-system -- "$1" 2>/dev/null'
+    ' || { chmod -R u+rwx -- "$1"; rm -rf --one-file-system -- "$1"; };'
+    ' if [ -n "$2" ] && [ ! -e "$1" ]; then rm -f -- "$2"; fi; } </dev/null >/dev/null 2>&1 &'
+)
+# Seconds to wait for the outer shell, which only forks the remover and exits.
+REMOVER_START_TIMEOUT = 10.0
 
 
 def remove_tree(path: Path) -> None:
@@ -54,6 +77,53 @@ def remove_tree(path: Path) -> None:
     except OSError:
         _make_dirs_writable(path)
         shutil.rmtree(path)
+
+
+def remove_in_background(path: Path, lock_path: Path | None = None, lock_fd: int = -1) -> bool:
+    """Delete ``path`` in a detached background process (see the module docstring); returns
+    False when none could be started (the caller then removes it itself).
+
+    With ``lock_fd``, the open, locked lock file of the tree: the remover inherits it, so the
+    lock is held until the tree is gone, and then removes ``lock_path`` too. The caller may
+    close its own descriptor as soon as this returns.
+    """
+    argv = ["sh", "-c", REMOVER_SCRIPT, "sh", str(path), str(lock_path or "")]
+    try:
+        starter = subprocess.Popen(  # noqa: S603 - a fixed script; paths are arguments
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            pass_fds=(lock_fd,) if lock_fd >= 0 else (),
+        )
+    except OSError as err:
+        logger.debug(f"{path}: no background remover ({err}); removing it now")
+        return False
+    try:
+        return starter.wait(timeout=REMOVER_START_TIMEOUT) == 0
+    except subprocess.TimeoutExpired:  # pragma: no cover - sh only forks and exits
+        starter.kill()
+        starter.wait()
+        return False
+
+
+def _only_empty_dirs(path: Path) -> bool:
+    """Remove the files and empty directories directly in ``path``; True when that emptied it
+    (nothing worth a background remover: a build that only hit, or wrote no rootfs)."""
+    try:
+        entries = list(os.scandir(path))
+    except FileNotFoundError:
+        return True
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                os.rmdir(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            return False
+    return True
 
 
 def _make_dirs_writable(root: Path) -> None:
@@ -101,9 +171,25 @@ class ScratchDir:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
         return self.path / f"{next(self._names):03d}-{safe}"
 
+    def discard(self, tree: Path) -> None:
+        """Delete ``tree`` (a directory made here that the build no longer needs) in the
+        background; if this build's scratch directory goes first, its remover takes it along."""
+        if self.path not in tree.parents or not os.path.lexists(tree):
+            return
+        if not remove_in_background(tree):
+            remove_tree(tree)
+
     def close(self) -> None:
-        """Remove the directory, then drop the lock; safe to call more than once."""
+        """Remove the directory, then drop the lock; safe to call more than once. A directory
+        that holds more than empty directories is removed in the background (module docstring):
+        this returns at once, and the lock passes to the remover."""
         if self._lock_fd < 0:
+            return
+        if not _only_empty_dirs(self.path) and remove_in_background(
+            self.path, self._lock_path, self._lock_fd
+        ):
+            os.close(self._lock_fd)
+            self._lock_fd = -1
             return
         try:
             remove_tree(self.path)

@@ -6,7 +6,7 @@
 
 - **Lookups** go to the local store; on a local miss (and with ``pull``) the remote is asked.
   A remote hit downloads the entry and every layer blob the local store lacks, each verified
-  (``RemoteCache.get_blob``), stores them locally, and then answers *from the local store*, so
+  (``CacheRemote.get_blob``), stores them locally, and then answers *from the local store*, so
   the build only ever reads verified local files, and the next build hits locally.
 - **Stores** go to the local store at once (as before); with ``push`` the entry is then queued
   for upload on a small pool of background threads (blobs first, then the entry, which the
@@ -30,7 +30,14 @@
   possibly from upload threads; ``stats`` is a snapshot of the counters.
 
 ``--cache-from`` and ``--cache-to`` may name different servers: ``remote`` serves pulls and
-``push_remote`` (default: ``remote``) pushes; see :meth:`HybridCache.open`.
+``push_remote`` (default: ``remote``) pushes; see :meth:`HybridCache.open`. A remote is any
+:class:`CacheRemote`: a ``memobuild server`` (``RemoteCache``) or a registry repository
+(``RegistryCache``).
+
+**What is exported** (``export_mode``, BuildKit's ``--cache-to ...,mode=``): ``max`` uploads
+every step the build stores or hits; ``min`` only the steps whose layers end up in the image,
+which the executor says with each call (``in_image``): the intermediate stages' steps stay
+local.
 """
 
 from __future__ import annotations
@@ -41,10 +48,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Protocol
 
 from memobuild.cache.entries import ActionEntry
 from memobuild.cache.options import URL_ENV
-from memobuild.cache.remote import RemoteAuthError, RemoteCache, RemoteUnreachableError
+from memobuild.cache.remote import (
+    RemoteAuthError,
+    RemoteCache,
+    RemoteUnreachableError,
+    RemoteUnusableError,
+)
 from memobuild.cache.remote_events import (
     DOWNLOAD,
     LOCAL,
@@ -69,6 +82,7 @@ __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_FAILURE_THRESHOLD",
     "DEFAULT_UPLOAD_WORKERS",
+    "CacheRemote",
     "HybridCache",
     "UploadReport",
 ]
@@ -80,6 +94,51 @@ DEFAULT_FAILURE_THRESHOLD = 3  # failed operations in a row that switch a remote
 _COUNTERS = tuple(
     f.name for f in fields(CacheStats) if f.name not in ("retries", "remote_disabled")
 )
+
+
+class CacheRemote(Protocol):
+    """What the hybrid cache needs of a remote cache (``RemoteCache``, ``RegistryCache``).
+
+    Failures raise MemoBuildError: ``RemoteAuthError`` (401/403) for refused credentials,
+    ``RemoteUnreachableError`` when the remote could not be reached at all,
+    ``RemoteUnusableError`` when it is not a cache this client can use, CASIntegrityError or
+    CorruptEntryError for content that fails verification (nothing of it stored). Thread-safe.
+    """
+
+    @property
+    def url(self) -> str:
+        """How messages name the remote (never with credentials)."""
+        ...
+
+    @property
+    def retries(self) -> int:
+        """Attempts retried so far."""
+        ...
+
+    def has_action(self, key: str) -> bool: ...
+
+    def get_action(self, key: str) -> ActionEntry | None:
+        """The entry for ``key``, checked (envelope, schema, key), or None."""
+        ...
+
+    def action_size(self, entry: ActionEntry) -> int:
+        """The bytes ``entry`` takes on the wire."""
+        ...
+
+    def get_blob(self, digest: str, dest: LocalStore, size: int | None = None) -> int | None:
+        """Download a blob into ``dest``, verified; its size, or None if the remote lacks it."""
+        ...
+
+    def put_blob(self, digest: str, source: LocalStore, *, force: bool = False) -> int:
+        """Upload a blob of ``source`` unless the remote has it (``force``: even then); the
+        bytes sent."""
+        ...
+
+    def put_action(self, entry: ActionEntry) -> None:
+        """Store ``entry``; its layer blobs have been put first."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -98,7 +157,7 @@ class UploadReport:
 class _Remote:
     """One remote as the hybrid cache uses it: the client, its breaker, what went wrong."""
 
-    client: RemoteCache
+    client: CacheRemote
     breaker: CircuitBreaker
     push_refused: bool = False
     warned: bool = False
@@ -113,16 +172,20 @@ class HybridCache:
     def __init__(
         self,
         local: LocalStore,
-        remote: RemoteCache | None,
+        remote: CacheRemote | None,
         pull: bool = True,
         push: bool = True,
         *,
-        push_remote: RemoteCache | None = None,
+        push_remote: CacheRemote | None = None,
         on_event: RemoteCacheEventCallback | None = None,
         upload_workers: int = DEFAULT_UPLOAD_WORKERS,
         failure_threshold: int = DEFAULT_FAILURE_THRESHOLD,
+        export_mode: str = "max",
     ) -> None:
+        if export_mode not in ("max", "min"):
+            raise ValueError(f"export_mode must be max or min, not {export_mode!r}")
         self.local = local
+        self.export_mode = export_mode
         self._on_event = on_event
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(_COUNTERS, 0)
@@ -138,7 +201,7 @@ class HybridCache:
         self._jobs = BackgroundJobs(upload_workers)
         tiers: dict[int, _Remote] = {}
 
-        def tier(client: RemoteCache) -> _Remote:
+        def tier(client: CacheRemote) -> _Remote:
             key = id(client)
             if key not in tiers:
                 breaker = CircuitBreaker(
@@ -206,15 +269,16 @@ class HybridCache:
         """Whether any remote is configured and not switched off."""
         return any(r.breaker.allow() for r in self._remotes)
 
-    def lookup(self, key: str) -> tuple[ActionEntry | None, str | None]:
+    def lookup(self, key: str, *, in_image: bool = True) -> tuple[ActionEntry | None, str | None]:
         """The entry for ``key`` and the tier that answered (``"local"`` or ``"remote"``): the
         local store, else the remote, whose entry is pulled into the local store (verified)
         and answered from there. ``(None, None)`` is a miss. Never raises for a remote
-        problem."""
+        problem. ``in_image``: whether the step's layers end up in the image (a local hit
+        is exported with ``mode=min`` only then)."""
         entry = self.local.get_action(key)
         if entry is not None:
             self._hit(key, LOCAL)
-            self._export(entry)
+            self._export(entry, in_image)
             return entry, LOCAL
         entry = self._pull_entry(key)
         if entry is not None:
@@ -223,13 +287,13 @@ class HybridCache:
         self._miss(key)
         return None, None
 
-    def probe(self, key: str) -> str | None:
+    def probe(self, key: str, *, in_image: bool = True) -> str | None:
         """Which tier answers for ``key`` (None: neither), as ``lookup`` does but without
         reading a local entry. A remote hit is pulled into the local store all the same, so
         later lookups (and ``memobuild plan``) see it."""
         if self.local.has_action(key):
             self._hit(key, LOCAL)
-            self._export(key)
+            self._export(key, in_image)
             return LOCAL
         if self._pull_entry(key) is not None:
             self._hit(key, REMOTE)
@@ -245,10 +309,12 @@ class HybridCache:
         """Whether either cache answers for ``key`` (see ``probe``)."""
         return self.probe(key) is not None
 
-    def put_action(self, entry: ActionEntry) -> None:
+    def put_action(self, entry: ActionEntry, *, in_image: bool = True) -> None:
         """Store ``entry`` locally (errors raise, as the local store's do), then queue its
-        upload with its layer blobs."""
+        upload with its layer blobs (with ``mode=min``, only if ``in_image``)."""
         self.local.put_action(entry)
+        if not self._exports(in_image):
+            return
         tier = self._upload_tier()
         if tier is None:
             return
@@ -327,6 +393,9 @@ class HybridCache:
         if isinstance(err, RemoteUnreachableError):
             tier.breaker.trip(str(err))  # down: each further try costs connect timeouts
             return
+        if isinstance(err, RemoteUnusableError):
+            tier.breaker.trip(str(err))  # not a cache: asking again will not make it one
+            return
         with tier.lock:
             tier.failures += 1
             first = tier.first_failure is None
@@ -361,7 +430,7 @@ class HybridCache:
         started = time.monotonic()
         try:
             entry = client.get_action(key)
-        except CorruptEntryError as err:
+        except (CorruptEntryError, CASIntegrityError) as err:  # an entry blob's bytes, say
             self._integrity_failure(tier, key, err)
             return None
         except MemoBuildError as err:
@@ -415,11 +484,15 @@ class HybridCache:
             return None
         return tier
 
-    def _export(self, hit: ActionEntry | str) -> None:
+    def _exports(self, in_image: bool) -> bool:
+        """Whether a step is exported: every one with ``mode=max``, the image's with ``min``."""
+        return in_image or self.export_mode == "max"
+
+    def _export(self, hit: ActionEntry | str, in_image: bool) -> None:
         """A local hit (an entry, or the key ``probe`` saw): queue a check that the push
         remote has it, and its upload if not. Once per key and build."""
         key = hit if isinstance(hit, str) else hit.key
-        if self._push is None:
+        if self._push is None or not self._exports(in_image):
             return
         with self._lock:
             if key in self._queued_keys:
@@ -485,7 +558,7 @@ class HybridCache:
         self._count(uploads=1)
         self._synced(UPLOAD, "action", entry.key, client.action_size(entry), started)
 
-    def _push_blob(self, client: RemoteCache, digest: str) -> bool:
+    def _push_blob(self, client: CacheRemote, digest: str) -> bool:
         """Upload one blob unless this build already has; True once the server has it. Two
         entries sharing a blob upload it once: the second waits for the first's upload, and
         gets False if that failed. Remote errors raise."""

@@ -22,9 +22,12 @@ this build's entries first, then those REF listed when it was re-read just befor
 other's entries stay in the registry, unlisted until written again): a cache may forget, never
 lie, since every blob is verified against its digest and every entry against its key.
 
-``RegistryCache`` has the interface ``HybridCache`` uses for a remote (``RemoteCache``'s), and
-raises ``RemoteAuthError`` for refused credentials as that does, so a read-only token turns
-uploads off and keeps downloads.
+``RegistryCache`` is a ``hybrid.CacheRemote``, as ``RemoteCache`` is: it raises
+``RemoteAuthError`` for refused credentials, so a read-only token turns uploads off and keeps
+downloads, and ``RemoteUnusableError`` when REF names something that is not a cache (an
+image), so the build switches it off at once, with one warning, and never overwrites the tag.
+Which entries a build exports (``mode=max`` every step's, ``mode=min`` only those of the steps
+whose layers are in the image) is ``HybridCache``'s choice, made from what the executor says.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from memobuild.cache.entries import MAX_ENTRY_BYTES, ActionEntry, decode_action, encode_action
-from memobuild.cache.remote import RemoteAuthError
+from memobuild.cache.remote import RemoteAuthError, RemoteUnusableError
 from memobuild.cache.store import LocalStore
 from memobuild.errors import (
     InputError,
@@ -64,8 +67,6 @@ __all__ = [
     "ENTRY_MEDIA_TYPE",
     "MAX_ENTRIES",
     "RegistryCache",
-    "RegistryCacheSpec",
-    "parse_registry_cache_spec",
 ]
 
 ARTIFACT_TYPE = "application/vnd.memobuild.cache.v1"
@@ -78,45 +79,7 @@ ANNOTATION_VERSION = "dev.memobuild.cache.version"
 CACHE_VERSION = "1"
 # Registries refuse manifests over 4 MiB; an entry's descriptor takes a few hundred bytes.
 MAX_ENTRIES = 4000
-MODES = ("max", "min")
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class RegistryCacheSpec:
-    """``type=registry,ref=REF[,mode=max|min]``: where, and (for ``--cache-to``) which entries
-    to export: ``max`` every step's, ``min`` only the steps of the image's own stage (the
-    executor makes that choice; the cache stores what it is given)."""
-
-    ref: Reference
-    mode: str = "max"
-
-
-def parse_registry_cache_spec(text: str) -> RegistryCacheSpec:
-    """Parse a ``--cache-from``/``--cache-to`` value of type registry; InputError naming what
-    is wrong otherwise."""
-    fields: dict[str, str] = {}
-    for part in text.split(","):
-        name, eq, value = part.partition("=")
-        if not eq or not name.strip() or name.strip() in fields:
-            raise InputError(
-                f"invalid cache spec {text!r}: expected type=registry,ref=REF[,mode=max|min]"
-            )
-        fields[name.strip()] = value.strip()
-    if fields.pop("type", None) != "registry":
-        raise InputError(f"invalid cache spec {text!r}: type must be registry")
-    ref = fields.pop("ref", "")
-    if not ref:
-        raise InputError(f"invalid cache spec {text!r}: ref=REF is required")
-    mode = fields.pop("mode", "max")
-    if mode not in MODES:
-        raise InputError(f"invalid cache spec {text!r}: mode must be max or min, not {mode!r}")
-    if fields:
-        raise InputError(f"invalid cache spec {text!r}: unknown field(s) {', '.join(fields)}")
-    reference = parse_reference(ref)
-    if reference.digest is not None:
-        raise InputError(f"invalid cache spec {text!r}: a cache ref is a tag, not a digest")
-    return RegistryCacheSpec(reference, mode)
 
 
 @dataclass(frozen=True)
@@ -191,17 +154,20 @@ class RegistryCache:
         client: RegistryClient | None = None,
         options: RegistryOptions | None = None,
     ) -> None:
-        """``client``: a shared client (its owner closes it); else one made from
-        ``options`` (default: from the environment) and closed by ``close``."""
+        """``client``: the build's client (``oci/session.py``), shared through
+        ``RegistryClient.sharing`` (its connections, registries and tokens; its owner closes
+        it); else one made from ``options`` (default: from the environment), closed by
+        ``close``. Either way this cache counts its own retries."""
         self.ref = ref if isinstance(ref, Reference) else parse_reference(ref)
         if self.ref.digest is not None:
             raise InputError(f"{self.ref}: a registry cache is named by a tag, not a digest")
         self.url = f"registry://{self.ref}"
-        self._own_client = client is None
         self._retries = 0
-        self._client = client if client is not None else RegistryClient(
-            options, on_retry=self._count_retry
-        )  # fmt: skip
+        self._client = (
+            client.sharing(on_retry=self._count_retry)
+            if client is not None
+            else RegistryClient(options, on_retry=self._count_retry)
+        )
         self._lock = threading.Lock()
         self._listed: dict[str, _Listed] | None = None
         self._written: dict[str, _Listed] = {}
@@ -216,7 +182,7 @@ class RegistryCache:
 
     @property
     def retries(self) -> int:
-        """Retries this cache's own client made (0 when it was handed a client)."""
+        """Retries of this cache's requests so far."""
         return self._retries
 
     @property
@@ -233,14 +199,14 @@ class RegistryCache:
             return {}
         where = f"{self.url}: manifest {response.digest}"
         if response.media_type not in MANIFEST_MEDIA_TYPES:
-            raise InvalidImageError(where, "is not a MemoBuild cache (an image index)")
+            raise self._not_a_cache(where, "an image index")
         try:
             doc = json.loads(response.data)
         except ValueError as err:
             raise InvalidImageError(where, f"is not JSON: {err}") from None
         if not isinstance(doc, dict) or doc.get("artifactType") != ARTIFACT_TYPE:
             found = doc.get("artifactType") if isinstance(doc, dict) else None
-            raise InvalidImageError(where, f"is not a MemoBuild cache (artifactType {found!r})")
+            raise self._not_a_cache(where, f"artifactType {found!r}")
         layers = doc.get("layers")
         if not isinstance(layers, list):
             raise InvalidImageError(where, "has no layers array")
@@ -250,6 +216,13 @@ class RegistryCache:
             if entry is not None and entry.key not in listed:
                 listed[entry.key] = entry
         return listed
+
+    def _not_a_cache(self, where: str, found: str) -> RemoteUnusableError:
+        """REF names something else (an image): never read as a cache, never overwritten."""
+        return RemoteUnusableError(
+            f"{where} is not a MemoBuild cache ({found}): the cache ref must name a tag of its "
+            "own, not an image"
+        )
 
     def _index(self) -> dict[str, _Listed]:
         with self._lock:
@@ -309,7 +282,9 @@ class RegistryCache:
     def put_blob(self, digest: str, source: LocalStore, *, force: bool = False) -> int:
         """Upload a blob of ``source`` unless the repository has it; the bytes sent (0 when it
         was there or mounted). ``force`` is accepted for the interface: a registry verifies
-        every upload and keeps one copy per digest, so there is no bad copy to replace."""
+        every upload and keeps one copy per digest, so there is no bad copy to replace.
+        RemoteUnusableError, before anything is sent, when REF names something else."""
+        self._index()
         path = source.blob_path(digest)  # verified: a corrupt local blob is never sent
         size = path.stat().st_size
         mounts = mount_sources(source, self.ref, digest)
@@ -320,6 +295,7 @@ class RegistryCache:
     def put_action(self, entry: ActionEntry) -> None:
         """Upload the entry's blob and list it in the manifest ``close`` publishes; its layers
         must have been put first."""
+        self._index()
         data = encode_action(entry)
         digest = digest_bytes(data, "sha256")
         self._auth(lambda: self._client.upload_blob(self.ref, digest, len(data), data))
@@ -386,5 +362,4 @@ class RegistryCache:
         except Exception as err:  # any failure: a cache must never fail a finished build
             logger.warning(f"{self.url}: could not publish the cache manifest: {err}")
         finally:
-            if self._own_client:
-                self._client.close()
+            self._client.close()  # a shared client's view: closes nothing shared

@@ -7,11 +7,11 @@ validates them with the same code.
 
 Rules this client keeps:
 
-- **Nothing unverified reaches the local store.** A blob is streamed to a temp file in the
-  store's ``tmp/`` while ``_core`` hashes it; a digest or size mismatch raises
-  CASIntegrityError and the temp file is deleted. Only then is it handed to
-  ``LocalStore.put_blob_file``, which verifies it once more as it copies it in. An action entry
-  is decoded and checked (envelope checksum, schema, key) before anyone sees it.
+- **Nothing unverified reaches the local store.** A blob is streamed into a
+  ``LocalStore.blob_writer``: written once, to a temp file in the store's ``tmp/``, while
+  ``_core`` hashes it, and renamed into place only if digest and size match; otherwise
+  CASIntegrityError and the temp file is deleted. An action entry is decoded and checked
+  (envelope checksum, schema, key) before anyone sees it.
 - **Only retryable failures are retried** (``retry.py``): connect errors, timeouts, resets and
   HTTP 429/502/503/504, honouring ``Retry-After``. 401/403 and refusals (400/409/411/413) fail
   at once, as RemoteAuthError or RemoteRejectedError. An operation none of whose attempts could
@@ -34,12 +34,10 @@ from typing import BinaryIO, TypeVar
 
 import httpx
 
-from memobuild.cache.atomic import TempFile
 from memobuild.cache.entries import MAX_ENTRY_BYTES, ActionEntry, decode_action, encode_action
 from memobuild.cache.options import TOKEN_ENV, URL_ENV
 from memobuild.cache.store import LocalStore
 from memobuild.errors import (
-    CASIntegrityError,
     InputError,
     InvalidDigestError,
     NetworkError,
@@ -47,7 +45,7 @@ from memobuild.errors import (
 )
 from memobuild.logging import logger
 from memobuild.retry import Retrier, RetryAttempt, RetryPolicy, parse_retry_after
-from memobuild.verify import Hasher, parse_digest
+from memobuild.verify import parse_digest
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -59,6 +57,7 @@ __all__ = [
     "RemoteError",
     "RemoteRejectedError",
     "RemoteUnreachableError",
+    "RemoteUnusableError",
 ]
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
@@ -96,6 +95,11 @@ class RemoteError(NetworkError):
 class RemoteUnreachableError(RemoteError):
     """Every attempt of one operation failed to connect: the server is down or unreachable.
     Retrying more operations would only cost the build more connect timeouts."""
+
+
+class RemoteUnusableError(RemoteError):
+    """The remote is not a cache this client can use, and asking again will not change that
+    (a registry cache ref that names an image, not a cache)."""
 
 
 class RemoteAuthError(RemoteError):
@@ -353,20 +357,14 @@ class RemoteCache:
         limit = size
         if limit is None and announced is not None and announced.isdigit():
             limit = int(announced)
-        hasher = Hasher("sha256")
-        with TempFile(dest.root / "tmp", "remote-") as tmp:
+        # Written once, hashed as it arrives; more bytes than ``limit`` stop the read at once
+        # (they are not the blob), and nothing is stored unless digest and size match.
+        with dest.blob_writer(digest, limit, where) as writer:
             for chunk in response.iter_bytes(CHUNK):
-                hasher.update(chunk)
-                if limit is not None and hasher.size > limit:
-                    # Stop reading: more bytes than the blob has is not the blob.
-                    raise CASIntegrityError(digest, f"more than {limit} bytes", hasher.size, where)
-                tmp.write(chunk)
-            actual = hasher.digest()
-            if actual != digest or (size is not None and hasher.size != size):
-                raise CASIntegrityError(digest, actual, hasher.size, where)
-            tmp.sync()
-            dest.put_blob_file(tmp.path, digest)
-        return hasher.size
+                writer.write(chunk)
+            received = writer.offset
+            writer.commit()
+        return received
 
     def put_blob(self, digest: str, source: LocalStore, *, force: bool = False) -> int:
         """Upload a blob from ``source`` (verified there first) unless the server has it;

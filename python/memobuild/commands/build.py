@@ -7,9 +7,10 @@ the current directory, default ``PATH/Dockerfile``), ``-t/--tag`` (repeatable), 
 ``-o/--output`` in BuildKit's syntax (``type=oci|docker|local|tar,dest=...``, repeatable), and
 ``--cache-from``/``--cache-to`` in ``docker buildx``'s (``type=memobuild,url=URL`` or a bare
 ``http(s)://`` URL: a ``memobuild server`` to pull steps from and push them to;
-``$MEMOBUILD_REMOTE_URL`` does both when neither flag is given, ``$MEMOBUILD_REMOTE_TOKEN`` is
-the bearer token). A remote cache that fails never fails the build: one warning, and the build
-goes on with the local cache.
+``type=registry,ref=REF[,mode=max|min]``: a registry repository's tag, reached like pulls and
+pushes; ``$MEMOBUILD_REMOTE_URL`` does both when neither flag is given,
+``$MEMOBUILD_REMOTE_TOKEN`` is a server's bearer token). A remote cache that fails never fails
+the build: one warning, and the build goes on with the local cache.
 
 Registries, as with ``docker buildx build``: base images the local store lacks are pulled
 (``--pull[=missing|always|never]``: bare ``--pull`` is ``always``; give a value with ``=``, so
@@ -241,16 +242,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--cache-from",
         action="append",
         metavar="URL",
-        help="also look steps up in this remote cache (a memobuild server): "
-        "type=memobuild,url=http://HOST:PORT or just the URL; hits are downloaded, verified "
-        "and kept in the local cache",
+        help="also look steps up in this remote cache: a memobuild server "
+        "(type=memobuild,url=http://HOST:PORT or just the URL) or a registry "
+        "(type=registry,ref=REGISTRY/REPO:TAG); hits are downloaded, verified and kept in the "
+        "local cache",
     )
     p.add_argument(
         "--cache-to",
         action="append",
         metavar="URL",
-        help="upload this build's steps to this remote cache (same spelling), in the "
-        "background; the build waits for the uploads only at the end, at most 60s",
+        help="upload this build's steps to this remote cache (same spelling; for a registry "
+        "add mode=min to export only the image's steps, mode=max, the default, every step), "
+        "in the background; the build waits for the uploads only at the end, at most 60s",
     )
     add_build_selection(p)
     p.add_argument(

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from memobuild.dockerfile.dump import dump_buildkit_ast, to_json
-from memobuild.dockerfile.parser import parse
+from memobuild.dockerfile.parser import parse, read_dockerfile
 from memobuild.errors import InputError
 
 FORMATS = ("json", "buildkit-ast")
@@ -22,16 +22,16 @@ def _read(path: str) -> tuple[str, str]:
     """Return (text, name used in messages). Undecodable bytes become U+FFFD: BuildKit reads
     bytes, and a stray Latin-1 comment must not stop a Dockerfile from parsing."""
     if path == "-":
-        return sys.stdin.buffer.read().decode("utf-8", "replace"), "<stdin>"
+        return read_dockerfile(sys.stdin.buffer, "<stdin>"), "<stdin>"
     try:
-        data = Path(path).read_bytes()
+        with Path(path).open("rb") as file:
+            return read_dockerfile(file, path), path
     except FileNotFoundError as err:
         raise InputError(f"{path}: Dockerfile does not exist") from err
     except IsADirectoryError as err:
         raise InputError(f"{path}: is a directory, not a Dockerfile") from err
     except OSError as err:
         raise InputError(f"{path}: cannot read: {err.strerror or err}") from err
-    return data.decode("utf-8", "replace"), path
 
 
 def run(args: argparse.Namespace) -> int:

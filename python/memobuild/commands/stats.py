@@ -3,7 +3,10 @@
 Every build that gets as far as a plan leaves a record in the store's metrics log
 (build/metrics.py), failed builds too. ``stats`` sums them (builds, steps cached, executed and
 failed, the hit rate, the average step time, the time the cache saved and the bytes written) and
-lists the last ``--last N`` builds; ``--json`` prints the same as one JSON document.
+lists the last ``--last N`` builds; ``--json`` prints the same as one JSON document. When builds
+used a remote cache (``--cache-from``/``--cache-to``), it also says which tier answered (local
+hits, remote hits), what went up (uploads) and the bytes moved each way, and the table of the
+last builds gets a REMOTE and an UPLOADS column.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from memobuild.commands.options import format_size
 
 if TYPE_CHECKING:
-    from memobuild.build.metrics import BuildRecord, MetricsSummary
+    from memobuild.build.metrics import BuildMetrics, BuildRecord, MetricsSummary
 
 __all__ = ["add_parser", "format_duration"]
 
@@ -54,6 +57,22 @@ def _shown(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
+def _used_remote(metrics: BuildMetrics) -> bool:
+    """Whether the build(s) moved anything through a remote cache."""
+    return bool(
+        metrics.remote_hits
+        or metrics.uploads
+        or metrics.upload_failures
+        or metrics.integrity_failures
+        or metrics.bytes_downloaded
+        or metrics.bytes_uploaded
+    )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _summary_json(summary: MetricsSummary, last: list[BuildRecord], where: str) -> dict[str, Any]:
     totals = summary.totals
     return {
@@ -70,6 +89,13 @@ def _summary_json(summary: MetricsSummary, last: list[BuildRecord], where: str) 
         "saved_time": totals.saved_time,
         "bytes_written": totals.bytes_written,
         "build_time": totals.duration,
+        "local_hits": totals.local_hits,
+        "remote_hits": totals.remote_hits,
+        "uploads": totals.uploads,
+        "upload_failures": totals.upload_failures,
+        "integrity_failures": totals.integrity_failures,
+        "bytes_downloaded": totals.bytes_downloaded,
+        "bytes_uploaded": totals.bytes_uploaded,
         "last": [record.to_json() for record in last],
     }
 
@@ -88,6 +114,25 @@ def _print_summary(summary: MetricsSummary) -> None:
     print(f"time saved      {format_duration(totals.saved_time)}")
     print(f"bytes written   {format_size(totals.bytes_written)}")
     print(f"build time      {format_duration(totals.duration)}")
+    if _used_remote(totals):
+        print(
+            f"cache tiers     {_plural(totals.local_hits, 'local hit')}, "
+            f"{_plural(totals.remote_hits, 'remote hit')}"
+        )
+        trouble = [
+            _plural(count, noun)
+            for count, noun in (
+                (totals.upload_failures, "failed upload"),
+                (totals.integrity_failures, "integrity failure"),
+            )
+            if count
+        ]
+        print(
+            f"remote cache    {_plural(totals.uploads, 'upload')}, "
+            f"{format_size(totals.bytes_downloaded)} downloaded, "
+            f"{format_size(totals.bytes_uploaded)} uploaded"
+            + "".join(f", {item}" for item in trouble)
+        )
 
 
 _COLUMNS = (
@@ -103,11 +148,14 @@ _COLUMNS = (
     ("WRITTEN", ">"),
     ("DOCKERFILE", "<"),
 )
+# After CACHED, when a listed build used a remote cache: its remote hits and its uploads.
+_REMOTE_COLUMNS = (("REMOTE", ">"), ("UPLOADS", ">"))
+_REMOTE_AFTER = 5
 
 
-def _row(record: BuildRecord) -> tuple[str, ...]:
+def _row(record: BuildRecord, remote: bool) -> tuple[str, ...]:
     m = record.metrics
-    return (
+    cells = [
         _when(record.time),
         record.status,
         record.target,
@@ -119,16 +167,23 @@ def _row(record: BuildRecord) -> tuple[str, ...]:
         format_duration(m.saved_time),
         format_size(m.bytes_written),
         _shown(record.dockerfile),
-    )
+    ]
+    if remote:
+        cells[_REMOTE_AFTER:_REMOTE_AFTER] = [str(m.remote_hits), str(m.uploads)]
+    return tuple(cells)
 
 
 def _print_table(records: list[BuildRecord]) -> None:
-    rows = [tuple(name for name, _ in _COLUMNS), *(_row(record) for record in records)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    remote = any(_used_remote(record.metrics) for record in records)
+    columns = list(_COLUMNS)
+    if remote:
+        columns[_REMOTE_AFTER:_REMOTE_AFTER] = _REMOTE_COLUMNS
+    rows = [tuple(name for name, _ in columns), *(_row(record, remote) for record in records)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     for row in rows:
         cells = [
             f"{cell:{align}{width}}"
-            for cell, (_, align), width in zip(row, _COLUMNS, widths, strict=True)
+            for cell, (_, align), width in zip(row, columns, widths, strict=True)
         ]
         print("  ".join(cells).rstrip())
 
@@ -170,7 +225,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="show what the cache saved across builds",
         description="Sum up the builds logged in the cache: builds, steps cached, executed and "
         "failed, the cache hit rate, the average step time, the time the cache saved (what "
-        "the cached steps took when they ran) and the bytes written (new layers and outputs); "
+        "the cached steps took when they ran) and the bytes written (new layers and outputs), "
+        "and with a remote cache the local and remote hits, the uploads and the bytes moved; "
         "then list the last builds. Every memobuild build is logged, failed ones too.",
     )
     p.add_argument(

@@ -23,13 +23,20 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from memobuild.dockerfile.ast import Dockerfile, Heredoc, Node, ParseWarning
 from memobuild.dockerfile.dump import go_quote
 from memobuild.errors import DockerfileParseError
 
-__all__ = ["GO_SPACES", "INSTRUCTIONS", "parse"]
+__all__ = [
+    "GO_SPACES",
+    "INSTRUCTIONS",
+    "MAX_DOCKERFILE_BYTES",
+    "MAX_INSTRUCTIONS",
+    "parse",
+    "read_dockerfile",
+]
 
 # Go's unicode.IsSpace: the Latin-1 spaces plus Unicode's White_Space. Python's str.isspace()
 # also counts U+001C..U+001F, which Go does not, so every strip in this module uses this set.
@@ -66,6 +73,12 @@ _UNCHECKED = frozenset({"run", "cmd", "entrypoint"})  # any argument list will d
 _HEREDOC_INSTRUCTIONS = frozenset({"add", "copy", "run"})
 _VALID_DIRECTIVES = frozenset({"syntax", "escape", "check"})
 _MAX_ONBUILD_DEPTH = 64
+
+# Bounds BuildKit does not have, so that a hostile Dockerfile costs bounded time and memory to
+# read and plan (a planned step costs a few kilobytes). Far above real files: Docker itself
+# cannot stack more than about 125 layers in one image.
+MAX_DOCKERFILE_BYTES = 4 << 20
+MAX_INSTRUCTIONS = 10_000
 
 _RE_WHITESPACE = re.compile(r"[\t\v\f\r ]+")  # BuildKit's reWhitespace (no \n, no Unicode spaces)
 # BuildKit's `^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$`, where Go's \s is [\t\n\f\r ] (no \v,
@@ -894,13 +907,31 @@ def _check_instruction(node: Node) -> None:
 # --- the main loop (parser.go Parse) --------------------------------------------------------
 
 
+def read_dockerfile(file: BinaryIO, name: str | None = None) -> str:
+    """A Dockerfile's text from an open binary file. Undecodable bytes become U+FFFD (BuildKit
+    reads bytes: a stray Latin-1 comment must not stop a build); a file larger than
+    :data:`MAX_DOCKERFILE_BYTES` is refused without reading the rest of it."""
+    data = file.read(MAX_DOCKERFILE_BYTES + 1)
+    if len(data) > MAX_DOCKERFILE_BYTES:
+        raise DockerfileParseError(
+            f"the Dockerfile is larger than {MAX_DOCKERFILE_BYTES >> 20} MiB", file=name
+        )
+    return data.decode("utf-8", "replace")
+
+
 def parse(text: str, *, filename: str | None = None, validate: bool = True) -> Dockerfile:
     """Parse Dockerfile text into a :class:`Dockerfile`, as BuildKit's parser reads it.
 
     Raises :class:`DockerfileParseError` (with file and line) for anything BuildKit rejects at
     parse time, plus, unless ``validate`` is False, what its instruction layer rejects before a
-    build starts: unknown instructions and wrong argument counts.
+    build starts: unknown instructions and wrong argument counts. Text longer than
+    :data:`MAX_DOCKERFILE_BYTES` characters, or holding more than :data:`MAX_INSTRUCTIONS`
+    instructions, is refused too.
     """
+    if len(text) > MAX_DOCKERFILE_BYTES:
+        raise DockerfileParseError(
+            f"the Dockerfile is larger than {MAX_DOCKERFILE_BYTES >> 20} MiB", file=filename
+        )
     return _Parser(text, filename).run(validate)
 
 
@@ -997,6 +1028,10 @@ class _Parser:
                 raise self.error(err.message, start, len(raw) - len(token) + 1) from None
             except _LineError as err:
                 raise self.error(err.message, start, err.column) from None
+            if len(nodes) == MAX_INSTRUCTIONS:
+                raise self.error(
+                    f"the Dockerfile has more than {MAX_INSTRUCTIONS:,} instructions", start
+                )
             append(node)
 
         if not nodes:

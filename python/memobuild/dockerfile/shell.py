@@ -13,7 +13,8 @@ Public API::
     expand_word_with_refs(word, env, *, escape="\\\\") -> tuple[str, frozenset[str]]
     process_word(word, env, *, escape="\\\\") -> ShellWord      # value, words, matched, unmatched
     Lexer(escape="\\\\", raw_quotes=False, raw_escapes=False,
-          skip_process_quotes=False, skip_unset_env=False).process(word, env) -> ShellWord
+          skip_process_quotes=False, skip_unset_env=False).process(word, env, budget=None)
+    ExpansionBudget()       # what the expansions of one Dockerfile may cost, shared by its words
 
 Every error (``${X:?msg}``, a bad substitution, an unterminated quote or brace, an invalid
 pattern) is a :class:`~memobuild.errors.DockerfileParseError` without a location; the instruction
@@ -38,6 +39,14 @@ Rules, as BuildKit applies them:
 * Word splitting (:func:`split_words`) splits on whitespace outside quotes, including whitespace
   that came from a variable's value; quoted or escaped whitespace stays in the word. An empty
   quoted string (``""``) does not make a word on its own.
+
+Bounds, where BuildKit has none (each a DockerfileParseError, never exhausted memory or time):
+one word's expansion may add at most :data:`MAX_WORD_GROWTH` characters to it; all the words
+expanded with one :class:`ExpansionBudget` (a Dockerfile's) may produce at most
+:data:`MAX_EXPANDED` characters and do :data:`MAX_PATTERN_WORK` units of pattern matching
+(value length times pattern length). ``ENV A=$A$A`` twenty times over, or ``${A//?/$A}``, hits
+the first; patterns are matched by the Rust core's linear-time engine (``_core``), with Go's
+semantics, so ``${A#*a*a*a*b}`` costs what its text and pattern cost, not minutes of backtracking.
 """
 
 from __future__ import annotations
@@ -45,12 +54,17 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from memobuild import _core
 from memobuild.errors import DockerfileParseError
 
 __all__ = [
+    "MAX_EXPANDED",
+    "MAX_PATTERN_WORK",
+    "MAX_WORD_GROWTH",
+    "ExpansionBudget",
     "Lexer",
     "ShellWord",
     "expand_word",
@@ -68,6 +82,28 @@ _GO_SPACES = frozenset(
     "\u200a\u2028\u2029\u202f\u205f\u3000"
 )
 _SPECIAL_PARAMS = frozenset("@*#?-$!0")
+_GO_SPACE_CLASS = re.escape("".join(sorted(_GO_SPACES)))
+_RE_FIELDS = re.compile(f"[{_GO_SPACE_CLASS}]+|[^{_GO_SPACE_CLASS}]+")  # runs of space / not
+_RE_SURROGATE = re.compile("[\ud800-\udfff]")
+_RE_SURROGATE_STAND_INS = re.compile("[\U000f0000-\U000f07ff]")
+
+MAX_WORD_GROWTH = 1 << 20
+"""Characters one word's expansion may add to the word's own length (1 Mi)."""
+MAX_EXPANDED = 64 << 20
+"""Characters the expansions sharing one :class:`ExpansionBudget` may produce (64 Mi)."""
+MAX_PATTERN_WORK = 1 << 28
+"""Sum of value length times pattern length over one budget's ``${VAR#p}``-family matches."""
+
+
+class ExpansionBudget:
+    """What expansions may still cost. A Dockerfile's loader passes one to every word it
+    expands, so a file cannot multiply its own size by expanding many words either."""
+
+    __slots__ = ("chars", "pattern_work")
+
+    def __init__(self, chars: int = MAX_EXPANDED, pattern_work: int = MAX_PATTERN_WORK) -> None:
+        self.chars = chars
+        self.pattern_work = pattern_work
 
 
 def _is_space(ch: str) -> bool:
@@ -136,8 +172,13 @@ class _Words:
         self.in_word = True
 
     def add_string(self, text: str) -> None:
-        for ch in text:
-            self.add_char(ch)
+        # add_char for every character, a run at a time: a value can be a megabyte long.
+        for run in _RE_FIELDS.findall(text):
+            if run[0] in _GO_SPACES:
+                if self.in_word and self.size:
+                    self._flush()
+            else:
+                self.add_raw_string(run)
 
     def add_raw_string(self, text: str) -> None:
         self.word.append(text)
@@ -165,13 +206,16 @@ class Lexer:
     skip_process_quotes: bool = False
     skip_unset_env: bool = False
 
-    def process(self, word: str, env: Mapping[str, str]) -> ShellWord:
-        """Expand ``word`` against ``env``; raise DockerfileParseError on a bad expression."""
+    def process(
+        self, word: str, env: Mapping[str, str], budget: ExpansionBudget | None = None
+    ) -> ShellWord:
+        """Expand ``word`` against ``env``; raise DockerfileParseError on a bad expression or
+        when the expansion would exceed its bounds (``budget``: a fresh one when None)."""
         if len(self.escape) != 1:
             raise DockerfileParseError(
                 f"invalid escape token {self.escape!r}: it must be a single character"
             )
-        scanner = _Scanner(self, word, env)
+        scanner = _Scanner(self, word, env, budget if budget is not None else ExpansionBudget())
         try:
             value, words = scanner.process_stop_on(_EOF, self.raw_escapes)
         except _LexError as err:
@@ -196,8 +240,12 @@ def _go_quote(text: str) -> str:
 class _Scanner:
     """One pass over one word; mirrors the structure of BuildKit's shellWord."""
 
-    def __init__(self, lexer: Lexer, text: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, lexer: Lexer, text: str, env: Mapping[str, str], budget: ExpansionBudget
+    ) -> None:
         self.lexer = lexer
+        self.budget = budget
+        self.room = len(text) + MAX_WORD_GROWTH  # characters this word may still produce
         self.escape = lexer.escape
         self.text = text
         # Go's text/scanner drops a byte-order mark at the very start of its input.
@@ -216,6 +264,21 @@ class _Scanner:
         ch = self.text[self.pos]
         self.pos += 1
         return ch
+
+    def grow(self, size: int) -> None:
+        """Account for ``size`` characters of expansion output (substituted values, replaced
+        text): every copy counts, since every copy costs time and memory."""
+        self.room -= size
+        self.budget.chars -= size
+        if self.room < 0:
+            raise _LexError(
+                f"the expansion is too large: it adds more than {MAX_WORD_GROWTH} characters "
+                "to the word"
+            )
+        if self.budget.chars < 0:
+            raise _LexError(
+                f"expansions in this Dockerfile produce more than {MAX_EXPANDED} characters"
+            )
 
     def get_env(self, name: str) -> tuple[str, bool]:
         if name in self.env:
@@ -238,6 +301,7 @@ class _Scanner:
                     return "".join(result), words.get()
                 if ch == "$":
                     text = self.process_dollar()
+                    self.grow(len(text))
                     result.append(text)
                     words.add_string(text)
                 elif quotes and ch == "'":
@@ -303,7 +367,9 @@ class _Scanner:
                     result.append(ch)
                 return "".join(result)
             if ch == "$":
-                result.append(self.process_dollar())
+                text = self.process_dollar()
+                self.grow(len(text))
+                result.append(text)
                 continue
             ch = self.next()
             if ch == self.escape:
@@ -397,6 +463,7 @@ class _Scanner:
             greedy = word.startswith(ch)
             if greedy:
                 word = word[1:]
+            self.charge_pattern(word, value)
             if ch == "%":
                 return _trim_suffix(word, value, greedy)
             return _trim_prefix(word, value, greedy)
@@ -423,31 +490,43 @@ class _Scanner:
         if self.lexer.skip_unset_env and not found:
             return "${" + name + "/" + pattern + "/" + replacement + "}"
 
-        regex = _pattern_regex(pattern, greedy=True, anchored=False)
+        _pattern_source(pattern, greedy=True, anchored=False)  # a bad escape is an error first
+        self.charge_pattern(pattern, value)
         if replace_all:
-            return _go_replace_all(regex, value, replacement)
-        match = regex.search(value)
-        if match is None:
+            return _go_replace_all(pattern, value, replacement, self.grow)
+        spans = _matches(pattern, value, greedy=True, anchored=False, mode="first")
+        if not spans:
             return value
-        return value[: match.start()] + replacement + value[match.end() :]
+        start, end = spans[0]
+        self.grow(len(value) - (end - start) + len(replacement))
+        return value[:start] + replacement + value[end:]
+
+    def charge_pattern(self, pattern: str, value: str) -> None:
+        self.budget.pattern_work -= len(value) * (len(pattern) + 1)
+        if self.budget.pattern_work < 0:
+            raise _LexError(
+                "pattern substitutions in this Dockerfile match too much text: more than "
+                f"{MAX_PATTERN_WORK} (value length x pattern length) in all"
+            )
 
 
-def _pattern_regex(pattern: str, *, greedy: bool, anchored: bool) -> re.Pattern[str]:
-    """Translate a ``${VAR#pattern}`` glob into a regex with Go's leftmost-first semantics."""
+def _pattern_source(pattern: str, *, greedy: bool, anchored: bool) -> str:
+    """Translate a ``${VAR#pattern}`` glob into an expression for the Rust core's engine
+    (the ``regex`` crate: Go's syntax and leftmost-first semantics, linear time)."""
     out = ["^"] if anchored else []
-    star = ".*" if greedy else ".*?"
+    star = "[^\n]*" if greedy else "[^\n]*?"
     i = 0
     n = len(pattern)
     while i < n:
         tok = pattern[i]
         i += 1
         if tok == "*":
-            # "**" means the same as "*"; collapsing keeps backtracking polynomial in fewer terms.
+            # "**" means the same as "*"
             if not out or out[-1] != star:
                 out.append(star)
             continue
         if tok == "?":
-            out.append(".")
+            out.append("[^\n]")
             continue
         if tok == "\\":
             following = pattern[i] if i < n else _EOF
@@ -458,16 +537,46 @@ def _pattern_regex(pattern: str, *, greedy: bool, anchored: bool) -> re.Pattern[
                 raise _LexError(
                     f"invalid pattern ({pattern}) in substitution: invalid escape '\\{shown}'"
                 )
-            out.append(re.escape(following))
+            out.append(_literal(following))
             i += 1
             continue
-        out.append(re.escape(tok))
-    return re.compile("".join(out))
+        out.append(_literal(tok))
+    return "".join(out)
+
+
+def _literal(ch: str) -> str:
+    # Every literal as a code point escape: no character is special, whatever it is.
+    return f"\\x{{{ord(ch):x}}}"
+
+
+def _stand_in(text: str) -> str:
+    return _RE_SURROGATE.sub(lambda m: chr(ord(m.group()) - 0xD800 + 0xF0000), text)
+
+
+def _matches(
+    pattern: str, value: str, *, greedy: bool, anchored: bool, mode: str
+) -> list[tuple[int, int]]:
+    """The ``(start, end)`` character offsets of a glob's matches in ``value`` (the Rust core)."""
+    if _RE_SURROGATE.search(pattern) or _RE_SURROGATE.search(value):
+        # Lone surrogates (undecodable bytes) have no UTF-8 form for the engine: each stands in
+        # as a private-use character of its own, one for one, so offsets are unchanged. That is
+        # exact only while those characters are not there already.
+        if _RE_SURROGATE_STAND_INS.search(pattern) or _RE_SURROGATE_STAND_INS.search(value):
+            raise _LexError(
+                "cannot match a pattern when the pattern and value hold both undecodable bytes "
+                "and characters U+F0000..U+F07FF"
+            )
+        pattern, value = _stand_in(pattern), _stand_in(value)
+    source = _pattern_source(pattern, greedy=greedy, anchored=anchored)
+    try:
+        return _core.shell_pattern_spans(source, value, mode)
+    except ValueError as err:
+        raise _LexError(f"invalid pattern ({pattern}) in substitution: {err}") from None
 
 
 def _trim_prefix(pattern: str, value: str, greedy: bool) -> str:
-    match = _pattern_regex(pattern, greedy=greedy, anchored=True).match(value)
-    return value[match.end() :] if match else value
+    spans = _matches(pattern, value, greedy=greedy, anchored=True, mode="first")
+    return value[spans[0][1] :] if spans else value
 
 
 def _reverse_pattern(pattern: str) -> str:
@@ -496,21 +605,18 @@ def _trim_suffix(pattern: str, value: str, greedy: bool) -> str:
     return trimmed[::-1]
 
 
-def _go_replace_all(regex: re.Pattern[str], src: str, template: str) -> str:
-    """Go's Regexp.ReplaceAllString: empty matches right after a match are skipped."""
+def _go_replace_all(pattern: str, src: str, template: str, grow: Callable[[int], None]) -> str:
+    """Go's Regexp.ReplaceAllString: empty matches right after a match are skipped (the Rust
+    core picks the matches); ``grow`` accounts for the output as it is made."""
     out: list[str] = []
     last_end = 0
-    search_pos = 0
-    while search_pos <= len(src):
-        match = regex.search(src, search_pos)
-        if match is None:
-            break
-        start, end = match.span()
-        out.append(src[last_end:start])
-        if end > last_end or start == 0:
-            out.append(_go_expand_template(template, match.group(0)))
+    for start, end in _matches(pattern, src, greedy=True, anchored=False, mode="all"):
+        piece = src[last_end:start]
+        replaced = _go_expand_template(template, src[start:end])
+        grow(len(piece) + len(replaced))
+        out.append(piece)
+        out.append(replaced)
         last_end = end
-        search_pos = search_pos + 1 if search_pos + 1 > end else end
     out.append(src[last_end:])
     return "".join(out)
 

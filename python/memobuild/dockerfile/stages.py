@@ -91,7 +91,7 @@ from memobuild.dockerfile.instructions import (
     WorkdirInstruction,
     parse_instruction,
 )
-from memobuild.dockerfile.shell import Lexer, ShellWord
+from memobuild.dockerfile.shell import ExpansionBudget, Lexer, ShellWord
 from memobuild.errors import DockerfileParseError
 
 __all__ = [
@@ -465,6 +465,14 @@ def load_stages(
     ).load()
 
 
+# What the steps of one Dockerfile may see of their environment, summed over the steps: each
+# step's ENV/ARG values are copied into it, and a RUN's cache key hashes all of them, so a file
+# alternating thousands of ENV and RUN lines would cost time and memory quadratic in its size.
+# Real Dockerfiles stay far below (300 steps seeing 100 variables are 30,000 entries).
+MAX_ENVIRONMENT_ENTRIES = 2_000_000
+MAX_ENVIRONMENT_BYTES = 256 << 20
+
+
 @dataclass
 class _State:
     """The mutable dispatch state of one stage (BuildKit's dispatchState)."""
@@ -493,6 +501,10 @@ class _Loader:
         self.lexer = Lexer(escape=df.escape)
         # Heredoc bodies are expanded with quotes as content and a fixed backslash escape.
         self.heredoc_lexer = Lexer(escape="\\", skip_process_quotes=True)
+        # One budget for every expansion in the file (see shell.ExpansionBudget).
+        self.budget = ExpansionBudget()
+        self.environment_entries = 0
+        self.environment_bytes = 0
         self.build_args = build_args
         self.build_platform = build_platform
         self.target_platform = _as_platform(target_platform, build_platform)
@@ -648,7 +660,7 @@ class _Loader:
 
     def process(self, word: str, env: Mapping[str, str], node: Node) -> ShellWord:
         try:
-            return self.lexer.process(word, env)
+            return self.lexer.process(word, env, self.budget)
         except DockerfileParseError as err:
             raise self.relocate(err, node) from None
 
@@ -785,6 +797,25 @@ class _Loader:
 
     # -- one instruction ---------------------------------------------------------------------
 
+    def charge_environment(
+        self,
+        env: tuple[tuple[str, str], ...],
+        args: tuple[tuple[str, str | None], ...],
+        node: Node,
+    ) -> None:
+        self.environment_entries += len(env) + len(args)
+        self.environment_bytes += sum(len(k) + len(v) for k, v in env)
+        if (
+            self.environment_entries > MAX_ENVIRONMENT_ENTRIES
+            or self.environment_bytes > MAX_ENVIRONMENT_BYTES
+        ):
+            raise self.error(
+                "the Dockerfile is too large to plan: its steps see more than "
+                f"{MAX_ENVIRONMENT_ENTRIES:,} ENV/ARG values ({MAX_ENVIRONMENT_BYTES >> 20} MiB) "
+                "in all; use fewer variables or fewer steps (one ENV can set several)",
+                node,
+            )
+
     def dispatch(
         self,
         instruction: Instruction,
@@ -797,6 +828,7 @@ class _Loader:
         node = instruction.node
         before_env = tuple(state.env.items())
         before_args = tuple(state.args)
+        self.charge_environment(before_env, before_args, node)
         workdir, user, shell = state.workdir, state.user, state.shell
         refs: set[str] = set()
         env_now = dict(state.env)
@@ -813,7 +845,7 @@ class _Loader:
 
         def expand_heredoc(word: str) -> str:
             try:
-                result = self.heredoc_lexer.process(word, env_now)
+                result = self.heredoc_lexer.process(word, env_now, self.budget)
             except DockerfileParseError as err:
                 raise self.relocate(err, node) from None
             refs.update(result.refs)

@@ -50,6 +50,7 @@ from memobuild.errors import (
     StorageError,
     UnreadablePathError,
 )
+from memobuild.oci.diff_ids import verify_diff_ids
 from memobuild.oci.image import (
     ANNOTATION_REF_NAME,
     CONTAINERD_IMAGE_NAME,
@@ -96,8 +97,6 @@ LAYOUT_VERSION = "1.0.0"
 # Blobs up to this size are imported from a tar through memory; larger ones through a temp file.
 IN_MEMORY_BLOB = 64 << 20
 COPY_CHUNK = 1 << 20
-# Record kind: blob digest -> the diff_id its content was found to have.
-DIFF_ID_RECORD = "layer-diff-id"
 # Nested indexes deeper than this are a loop or an attack, not an image.
 MAX_INDEX_DEPTH = 8
 # annotations.md: the grammar of org.opencontainers.image.ref.name.
@@ -198,18 +197,10 @@ def layer_diff_id(path: Path, media_type: str) -> str | None:
 def check_diff_id(
     store: LocalStore, digest: str, media_type: str, diff_id: str, where: str
 ) -> None:
-    """Check that a stored layer blob uncompresses to ``diff_id``, as the image config claims:
-    a wrong claim would otherwise be copied into every image built on it. The check costs a
-    decompression, so its result is recorded per blob and made once."""
-    known = store.get_record(DIFF_ID_RECORD, digest)
-    if not isinstance(known, str):
-        known = layer_diff_id(store.blob_path(digest), media_type)
-        if known is None:
-            return
-        store.put_record(DIFF_ID_RECORD, digest, known)
-    if known != diff_id:
-        size = store.blob_path(digest).stat().st_size
-        raise CASIntegrityError(diff_id, known, size, f"{where}: layer {digest} (diff_id)")
+    """Check now that a stored layer blob uncompresses to ``diff_id``, as the image config
+    claims (see ``diff_ids.py``, which records the result per blob, so it is made once)."""
+    size = store.blob_path(digest).stat().st_size
+    verify_diff_ids(store, [LayerRef(digest, diff_id, size, media_type)], where)
 
 
 class TarArchive:

@@ -12,9 +12,11 @@ host's) with every layer in the local store, verified. What it asks the registry
 
 A pull reads the manifest (an index is resolved to the platform, see ``platform.py``), the
 config and the layers; layers the store lacks are downloaded a few at a time, each streamed into
-the store, which publishes it only if it matches its digest, while its diff_id is computed from
-the same bytes (``download.py``) and checked against the config (CASIntegrityError otherwise,
-and nothing is stored). Transfers that break off are retried and resumed (``registry.py``).
+the store, which publishes it only if it matches its digest (``download.py``; CASIntegrityError
+otherwise, and nothing is stored). Transfers that break off are retried and resumed
+(``registry.py``). A layer's diff_id, which the config claims, is checked where the layer is
+first used, as containerd does (``diff_ids.py``): unpacked, or put into an image that leaves a
+build; a pull checks it only against what an earlier use recorded for the blob.
 
 A pulled image is saved in the image store (``images.py``) under its name, as ``docker pull``
 does, which also keeps its blobs from gc; records in the store map the registry's digests (of
@@ -43,6 +45,7 @@ from memobuild.errors import (
 from memobuild.images import ImageStore
 from memobuild.logging import logger
 from memobuild.oci.blob_sources import remember_sources
+from memobuild.oci.diff_ids import check_recorded_diff_id
 from memobuild.oci.image import (
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
@@ -54,7 +57,6 @@ from memobuild.oci.image import (
     parse_index,
     parse_manifest,
 )
-from memobuild.oci.layout import check_diff_id
 from memobuild.oci.platform import compatible_platforms, parse_platform, select_platform
 from memobuild.oci.reference import Reference, parse_reference
 
@@ -200,22 +202,20 @@ def _fetch(
         LayerRef(desc.digest, diff_id, desc.size, layer_media_type(desc.media_type, where))
         for desc, diff_id in zip(manifest.layers, parsed.diff_ids, strict=True)
     ]
-    missing = {
-        desc.digest: (desc, layer.media_type)
-        for desc, layer in zip(manifest.layers, layers, strict=True)
-        if not _have_blob(store, desc)
-    }
+    # A blob whose diff_id an earlier use found: the claim is checked now, before anything
+    # is downloaded. The others are checked at their first use (diff_ids.py).
+    for layer in layers:
+        check_recorded_diff_id(store, layer, where)
+    missing = {desc.digest: desc for desc in manifest.layers if not _have_blob(store, desc)}
     if missing:
         workers = min(client.options.concurrency, len(missing))
         with ThreadPoolExecutor(workers, thread_name_prefix="memobuild-pull") as pool:
             futures = [
-                pool.submit(download_blob_to_store, client, store, ref, desc, media_type)
-                for desc, media_type in missing.values()
+                pool.submit(download_blob_to_store, client, store, ref, desc)
+                for desc in missing.values()
             ]
             for future in futures:
                 future.result()
-    for layer in layers:
-        check_diff_id(store, layer.digest, layer.media_type, layer.diff_id, where)
     image = parsed.to_image(layers, where)
     if not from_index and not _runs_on(image, wanted):
         logger.warning(

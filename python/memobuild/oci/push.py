@@ -90,7 +90,8 @@ def push_image(
             active.close()
     remember_sources(store, reference, [*layers, encoded.config_digest])
     result = PushResult(digest, reference, tuple(results))
-    logger.info(
+    # Debug: the build reports the push once (``pushed REF@DIGEST``, after its summary).
+    logger.debug(
         f"pushed {reference.familiar}@{digest}: {len(results)} blob(s), "
         f"{result.count('exists')} already there, {result.count('mounted')} mounted"
     )

@@ -21,6 +21,7 @@ Blob downloads are streamed into a caller's ``BlobSink`` and resumed where they 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import os
@@ -221,10 +222,21 @@ class RegistryClient:
         self._bases: dict[str, str] = {}
         self._lock = threading.Lock()
         self._ping_lock = threading.Lock()
+        self._owner = True
+
+    def sharing(self, *, on_retry: Callable[[RetryAttempt], None] | None = None) -> RegistryClient:
+        """A client for another user in the same build (a registry cache beside the pulls and
+        pushes): it shares this one's connections, what it learnt of each registry and its
+        tokens, and has its own retry hook (``on_retry``). Closing it closes nothing shared."""
+        view = copy.copy(self)
+        view._retrier = Retrier(self.options.retry, on_retry=on_retry)
+        view._owner = False
+        return view
 
     def close(self) -> None:
-        self._verified.close()
-        self._unverified.close()
+        if self._owner:
+            self._verified.close()
+            self._unverified.close()
 
     def __enter__(self) -> RegistryClient:
         return self

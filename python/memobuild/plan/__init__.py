@@ -30,7 +30,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from memobuild.dockerfile.parser import parse
+from memobuild.dockerfile.parser import parse, read_dockerfile
 from memobuild.dockerfile.stages import BuildStages, ImageResolver, load_stages
 from memobuild.errors import NotADirectoryInputError, PathNotFoundError, UnreadablePathError
 from memobuild.ignore import dockerignore_path, load_dockerignore
@@ -170,16 +170,16 @@ def _plan_node(graph: BuildGraph, node: GraphNode, key: StepKey, level: int) -> 
 
 
 def _read_dockerfile(path: Path, shown: str) -> str:
-    """The Dockerfile's text; undecodable bytes become U+FFFD, as ``memobuild parse`` reads it."""
+    """The Dockerfile's text, read as ``memobuild parse`` reads it (read_dockerfile)."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            return read_dockerfile(file, shown)
     except FileNotFoundError:
         raise PathNotFoundError(shown, "Dockerfile") from None
     except IsADirectoryError:
         raise UnreadablePathError(shown, "is a directory, not a Dockerfile") from None
     except OSError as err:
         raise UnreadablePathError(shown, err.strerror or str(err)) from None
-    return data.decode("utf-8", "replace")
 
 
 def _shown_path(path: Path) -> str:
