@@ -11,7 +11,8 @@ so the image (and its digest) is the same in every store and every test.
 Helpers for looking at results: :func:`image_tree` unpacks an image's layers into a directory
 (the final filesystem, whiteouts applied), :func:`layer_members` lists a layer blob's tar
 entries and :func:`layer_bytes` returns everything a layer holds, names and contents, to search
-for a string that must not be there.
+for a string that must not be there. :func:`scratch_entries` is what builds left in a cache
+dir's scratch area.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import gzip
 import io
 import os
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,3 +135,16 @@ def make_context(root: Path, dockerfile: str, files: dict[str, str] | None = Non
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     return root
+
+
+def scratch_entries(cache: Path, settle: float = 10.0) -> list[str]:
+    """What is left in the builds' scratch area of the cache dir ``cache`` (nothing, after any
+    build has returned) once the background removers a build starts (build/rootfs.py) are
+    done, waiting at most ``settle`` seconds for them."""
+    area = cache / "tmp" / "rootfs"
+    deadline = time.monotonic() + settle
+    while True:
+        left = sorted(os.listdir(area)) if area.exists() else []
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)

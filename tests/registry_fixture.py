@@ -14,6 +14,10 @@ JWTs the registry verifies against the service's certificate.
 ``Registry.blob_file(digest)`` is where the registry keeps a blob, so a test can corrupt it for
 real.
 
+``clear_registry_environment`` gives a test an empty Docker config and none of the developer's
+registry variables; ``secure_registry_fixture(user, password)`` is a module-scoped fixture of a
+registry with those htpasswd credentials and TLS.
+
 ``make_random_image`` makes an image of random-content layers in a store (packed by MemoBuild's
 own layer writer), for tests that need blobs no other test shares, and for the benchmarks.
 """
@@ -32,7 +36,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,6 +44,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import bcrypt
 import httpx
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -338,6 +343,43 @@ def running_registry(
         yield registry
     finally:
         registry.stop()
+
+
+# The variables through which a developer's environment would give credentials or a registry.
+REGISTRY_ENV = (
+    "MEMOBUILD_REGISTRY_USER",
+    "MEMOBUILD_REGISTRY_PASSWORD",
+    "MEMOBUILD_REGISTRY_TOKEN",
+    "MEMOBUILD_REGISTRY_HOST",
+    "MEMOBUILD_REGISTRY_CA",
+)
+
+
+def clear_registry_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, also: tuple[str, ...] = ()
+) -> Path:
+    """No credentials for the test: an empty Docker config (returned) and none of
+    ``REGISTRY_ENV`` (nor of the variables in ``also``)."""
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    for name in (*REGISTRY_ENV, *also):
+        monkeypatch.delenv(name, raising=False)
+    return config
+
+
+def secure_registry_fixture(user: str, password: str) -> Callable[..., Iterator[Registry]]:
+    """A module-scoped fixture: a registry with htpasswd ``user``/``password`` and TLS with a
+    self-signed certificate. A test module assigns it: ``secure_registry = ...``."""
+
+    @pytest.fixture(scope="module")
+    def secure_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+        """htpasswd authentication and TLS with a self-signed certificate."""
+        workdir = tmp_path_factory.mktemp("secure-registry")
+        with running_registry(workdir, auth=(user, password), tls=True) as running:
+            yield running
+
+    return secure_registry
 
 
 def make_random_image(

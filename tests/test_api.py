@@ -10,13 +10,12 @@ import json
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import memobuild
-from busybox_image import BusyboxImage, make_busybox_image, make_context
+from busybox_image import BusyboxImage, make_context
 from memobuild.build.events import (
     BuildEvent,
     BuildFailed,
@@ -31,18 +30,6 @@ from memobuild.cache.store import LocalStore
 from memobuild.cli import main
 from memobuild.errors import InputError
 from memobuild.images import ImageStore
-
-
-@pytest.fixture
-def store(isolated_cache: Path) -> Iterator[LocalStore]:
-    with LocalStore(isolated_cache) as opened:
-        yield opened
-
-
-@pytest.fixture
-def base(tmp_path: Path, store: LocalStore) -> BusyboxImage:
-    return make_busybox_image(tmp_path / "base", store)
-
 
 DOCKERFILE = """\
 FROM busybox AS deps

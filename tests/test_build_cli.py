@@ -9,39 +9,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from busybox_image import BusyboxImage, image_tree, make_busybox_image, make_context
+from busybox_image import (
+    BusyboxImage,
+    image_tree,
+    make_busybox_image,
+    make_context,
+    scratch_entries,
+)
 from memobuild.cache.store import LocalStore
 from memobuild.cli import main
 from memobuild.images import ImageStore
-
-
-@pytest.fixture
-def store(isolated_cache: Path) -> Iterator[LocalStore]:
-    with LocalStore(isolated_cache) as opened:
-        yield opened
-
-
-@pytest.fixture
-def base(tmp_path: Path, store: LocalStore) -> BusyboxImage:
-    return make_busybox_image(tmp_path / "base", store)
-
-
-def scratch_entries(cache: Path, settle: float = 10.0) -> list[str]:
-    """What is left in the builds' scratch area once the background removers a build starts
-    (build/rootfs.py) are done, waiting at most ``settle`` seconds for them."""
-    area = cache / "tmp" / "rootfs"
-    deadline = time.monotonic() + settle
-    while True:
-        left = sorted(os.listdir(area)) if area.exists() else []
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.05)
-
 
 DOCKERFILE = """\
 FROM busybox

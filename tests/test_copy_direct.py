@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -68,12 +68,6 @@ def make_ctx(root: Path, dockerfile: str) -> Path:
     for i, path in enumerate(sorted(root.rglob("*"))):
         os.utime(path, (1_600_000_000 + i, 1_600_000_000 + i), follow_symlinks=False)
     return root
-
-
-@pytest.fixture
-def store(isolated_cache: Path) -> Iterator[LocalStore]:
-    with LocalStore(isolated_cache) as opened:
-        yield opened
 
 
 @pytest.fixture

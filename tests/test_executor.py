@@ -31,6 +31,7 @@ from busybox_image import (
     make_busybox_image,
     make_busybox_rootfs_dir,
     make_context,
+    scratch_entries,
 )
 from memobuild.build import rootfs as rootfs_module
 from memobuild.build.base import BaseResolver
@@ -44,29 +45,6 @@ from memobuild.dockerfile.stages import host_platform
 from memobuild.errors import BuildStepError, ImageNotFoundError, LayerSecurityError
 from memobuild.images import ImageStore
 from memobuild.oci.image import HistoryEntry, Image, ImageConfig, config_json
-
-
-@pytest.fixture
-def store(isolated_cache: Path) -> Iterator[LocalStore]:
-    with LocalStore(isolated_cache) as opened:
-        yield opened
-
-
-@pytest.fixture
-def base(tmp_path: Path, store: LocalStore) -> BusyboxImage:
-    return make_busybox_image(tmp_path / "base", store)
-
-
-def scratch_entries(store: LocalStore, settle: float = 10.0) -> list[str]:
-    """What is left in the builds' scratch area (nothing, after any build has returned) once
-    the background removers it started are done, waiting at most ``settle`` seconds."""
-    area = store.root / "tmp" / "rootfs"
-    deadline = time.monotonic() + settle
-    while True:
-        left = sorted(os.listdir(area)) if area.exists() else []
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.05)
 
 
 def executed(result: BuildResult) -> list[str]:
@@ -117,7 +95,7 @@ def test_a_second_build_executes_nothing(
     assert not any(isinstance(e, StepStarted) for e in events)
     assert second.digest == first.digest
     assert second.image == first.image
-    assert scratch_entries(store) == []
+    assert scratch_entries(store.root) == []
 
 
 def test_editing_one_source_reruns_exactly_the_steps_after_its_copy(
@@ -279,7 +257,7 @@ def test_a_failing_stage_stops_the_stage_running_beside_it(
     assert time.monotonic() - begin < 10
     assert caught.value.exit_code == 4
     assert caught.value.line == 4
-    assert scratch_entries(store) == []
+    assert scratch_entries(store.root) == []
 
 
 def test_a_failing_run_reports_its_exit_code_line_and_output_and_keeps_earlier_steps(
@@ -306,7 +284,7 @@ def test_a_failing_run_reports_its_exit_code_line_and_output_and_keeps_earlier_s
         "failed with exit code 3\n"
     )
     assert "  | error: it broke" in text
-    assert scratch_entries(store) == []
+    assert scratch_entries(store.root) == []
 
     # Everything before the failing step was stored, the failing step was not.
     keys = plan_build(context, "Dockerfile", BaseResolver(store)).keys
@@ -543,7 +521,7 @@ def test_a_malicious_base_layer_is_refused(
         assert not (tmp_path / "escaped.txt").exists()
         assert not (tmp_path / "a" / "escaped.txt").exists()
         assert not (store.root / "tmp" / "escaped.txt").exists()
-        assert scratch_entries(store) == []
+        assert scratch_entries(store.root) == []
     finally:
         (outside / "pwned.txt").unlink(missing_ok=True)
         outside.rmdir()
@@ -712,7 +690,7 @@ def test_a_build_started_while_another_runs_on_the_same_cache_is_safe(
     assert third.executed == 0
     built = tree_of(store, third, tmp_path / "out") / "app" / "built.txt"
     assert built.read_text() == "main v1\nacl\nzlib\n"
-    assert scratch_entries(store) == []
+    assert scratch_entries(store.root) == []
     for info in store.list_actions():
         assert store.get_action(info.key) is not None
 
@@ -861,7 +839,7 @@ def test_a_build_returns_before_its_scratch_tree_is_removed(
     build(context, store=store)
     # The build's directory (its stage rootfs in it) and its lock file, which the waiting
     # remover holds: a sweep by another build leaves them alone.
-    left = scratch_entries(store, settle=0)
+    left = scratch_entries(store.root, settle=0)
     assert len(left) == 2, left
     area = store.root / "tmp" / "rootfs"
     tree = area / left[0]
@@ -869,7 +847,7 @@ def test_a_build_returns_before_its_scratch_tree_is_removed(
     assert _lock_is_held(area / left[1])
     assert ScratchArea(store.root).sweep() == 0
     gate.unlink()
-    assert scratch_entries(store) == []
+    assert scratch_entries(store.root) == []
 
 
 def test_a_tree_a_killed_remover_left_is_removed_by_the_next_build(
@@ -885,7 +863,7 @@ def test_a_tree_a_killed_remover_left_is_removed_by_the_next_build(
     context = make_context(tmp_path / "ctx", "FROM busybox\nRUN echo hi > /hi.txt\n")
     build(context, store=store)
     area = store.root / "tmp" / "rootfs"
-    left = scratch_entries(store, settle=0)
+    left = scratch_entries(store.root, settle=0)
     assert len(left) == 2, left
     deadline = time.monotonic() + 10
     while not pids.exists() and time.monotonic() < deadline:
@@ -898,4 +876,4 @@ def test_a_tree_a_killed_remover_left_is_removed_by_the_next_build(
     assert sorted(os.listdir(area)) == left  # nothing removed it
     monkeypatch.setattr(rootfs_module, "REMOVER_SCRIPT", real)
     build(context, store=store)  # sweeps it first, then removes its own
-    assert scratch_entries(store) == []
+    assert scratch_entries(store.root) == []

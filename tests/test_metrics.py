@@ -11,12 +11,11 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from busybox_image import BusyboxImage, make_busybox_image, make_context
+from busybox_image import BusyboxImage, make_context
 from memobuild.build.events import BuildEvent, BuildFinished, LayerBuilt, StepStarted
 from memobuild.build.executor import BuildResult, build
 from memobuild.build.metrics import (
@@ -31,18 +30,6 @@ from memobuild.build.metrics import (
 from memobuild.cache.store import LocalStore
 from memobuild.cli import main
 from memobuild.errors import BuildStepError, MemoBuildError
-
-
-@pytest.fixture
-def store(isolated_cache: Path) -> Iterator[LocalStore]:
-    with LocalStore(isolated_cache) as opened:
-        yield opened
-
-
-@pytest.fixture
-def base(tmp_path: Path, store: LocalStore) -> BusyboxImage:
-    return make_busybox_image(tmp_path / "base", store)
-
 
 DOCKERFILE = """\
 FROM busybox

@@ -6,13 +6,12 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from busybox_image import BusyboxImage, make_busybox_image, make_context
+from busybox_image import BusyboxImage, make_context
 from memobuild.build import events as ev
 from memobuild.build.executor import build
 from memobuild.cache.store import LocalStore
@@ -24,18 +23,6 @@ from memobuild.commands.progress import (
     progress_mode,
 )
 from memobuild.errors import BuildStepError
-
-
-@pytest.fixture
-def store(isolated_cache: Path) -> Iterator[LocalStore]:
-    with LocalStore(isolated_cache) as opened:
-        yield opened
-
-
-@pytest.fixture
-def base(tmp_path: Path, store: LocalStore) -> BusyboxImage:
-    return make_busybox_image(tmp_path / "base", store)
-
 
 DOCKERFILE = """\
 FROM busybox

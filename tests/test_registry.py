@@ -60,7 +60,14 @@ from memobuild.oci.reference import parse_reference
 from memobuild.oci.registry import RegistryClient, RegistryOptions
 from memobuild.retry import RetryPolicy
 from memobuild.verify import digest_bytes
-from registry_fixture import Registry, TokenServer, make_random_image, running_registry
+from registry_fixture import (
+    Registry,
+    TokenServer,
+    clear_registry_environment,
+    make_random_image,
+    running_registry,
+    secure_registry_fixture,
+)
 
 FAST_RETRY = RetryPolicy(max_attempts=10, initial=0.01, cap=0.05)
 USER, PASSWORD = "ci-bot", "s3cret-Pa55word-never-logged"
@@ -72,32 +79,10 @@ USER, PASSWORD = "ci-bot", "s3cret-Pa55word-never-logged"
 @pytest.fixture(autouse=True)
 def no_ambient_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test starts without credentials: an empty Docker config and no overrides."""
-    config = tmp_path / "docker-config"
-    config.mkdir()
-    monkeypatch.setenv("DOCKER_CONFIG", str(config))
-    for name in (
-        "MEMOBUILD_REGISTRY_USER",
-        "MEMOBUILD_REGISTRY_PASSWORD",
-        "MEMOBUILD_REGISTRY_TOKEN",
-        "MEMOBUILD_REGISTRY_HOST",
-        "MEMOBUILD_REGISTRY_CA",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    return config
+    return clear_registry_environment(tmp_path, monkeypatch)
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with running_registry(tmp_path_factory.mktemp("registry")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def secure_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """htpasswd authentication and TLS with a self-signed certificate."""
-    workdir = tmp_path_factory.mktemp("secure-registry")
-    with running_registry(workdir, auth=(USER, PASSWORD), tls=True) as running:
-        yield running
+secure_registry = secure_registry_fixture(USER, PASSWORD)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,7 +44,12 @@ from memobuild.oci.push import push
 from memobuild.oci.reference import parse_reference
 from memobuild.oci.registry import RegistryClient, RegistryOptions
 from memobuild.verify import digest_bytes
-from registry_fixture import Registry, free_port, running_registry
+from registry_fixture import (
+    Registry,
+    clear_registry_environment,
+    free_port,
+    secure_registry_fixture,
+)
 
 USER, PASSWORD = "builder", "build-and-push-Pa55"
 HOST = host_platform()
@@ -63,33 +67,10 @@ HELLO = "hello from the registry\n"
 @pytest.fixture(autouse=True)
 def no_ambient_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test starts without credentials: an empty Docker config and no overrides."""
-    config = tmp_path / "docker-config"
-    config.mkdir()
-    monkeypatch.setenv("DOCKER_CONFIG", str(config))
-    for name in (
-        "MEMOBUILD_REGISTRY_USER",
-        "MEMOBUILD_REGISTRY_PASSWORD",
-        "MEMOBUILD_REGISTRY_TOKEN",
-        "MEMOBUILD_REGISTRY_HOST",
-        "MEMOBUILD_REGISTRY_CA",
-        "MEMOBUILD_REMOTE_URL",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    return config
+    return clear_registry_environment(tmp_path, monkeypatch, also=("MEMOBUILD_REMOTE_URL",))
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with running_registry(tmp_path_factory.mktemp("registry")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def secure_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """htpasswd authentication and TLS with a self-signed certificate."""
-    workdir = tmp_path_factory.mktemp("secure-registry")
-    with running_registry(workdir, auth=(USER, PASSWORD), tls=True) as running:
-        yield running
+secure_registry = secure_registry_fixture(USER, PASSWORD)
 
 
 def skopeo_inspect(ref: str, *options: str) -> dict[str, object]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,12 +25,6 @@ from memobuild.verify import digest_bytes
 from registry_fixture import Registry, make_random_image, running_registry
 
 FAST_RETRY = RetryPolicy(max_attempts=3, initial=0.01, cap=0.05)
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with running_registry(tmp_path_factory.mktemp("cache-registry")) as running:
-        yield running
 
 
 def options(registry: Registry) -> RegistryOptions:

@@ -13,23 +13,22 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from busybox_image import BusyboxImage, image_tree, make_busybox_image, make_context
+from build_runner import Runner, of, statuses, warnings_in
+from busybox_image import image_tree, make_context
 from flaky_proxy import Faults, FlakyProxy
 from memobuild.build import events as ev
-from memobuild.build.executor import BuildResult, build
+from memobuild.build.executor import BuildResult
 from memobuild.cache.registry_cache import ANNOTATION_KEY, ARTIFACT_TYPE
-from memobuild.cache.store import LocalStore
-from memobuild.logging import logger
 from memobuild.oci.push import push
 from memobuild.oci.reference import parse_reference
 from memobuild.oci.registry import RegistryClient, RegistryOptions
-from registry_fixture import Registry, running_registry
+from registry_fixture import Registry, clear_registry_environment
 
 # Two stages: "tools" makes a file the final stage copies. Both RUNs write random bytes, so a
 # runner that ran a step instead of reusing the cached one would make a different image: equal
@@ -52,44 +51,6 @@ FROM_AGAIN = 3  # the final stage's FROM busybox
 NOISE_STEP = 6  # the RUN that writes noise.bin
 
 
-class Runner:
-    """One CI runner: its own cache dir with the base image in it."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.cache_dir = root / "cache"
-        self.store = LocalStore(self.cache_dir)
-        self.base: BusyboxImage = make_busybox_image(root / "base", self.store)
-
-    def build(self, context: Path, **options: Any) -> tuple[BuildResult, list[ev.BuildEvent]]:
-        events: list[ev.BuildEvent] = []
-        result = build(context, store=self.store, on_event=events.append, **options)
-        return result, events
-
-    def close(self) -> None:
-        self.store.close()
-
-
-@pytest.fixture
-def new_runner(tmp_path: Path) -> Iterator[Callable[[], Runner]]:
-    made: list[Runner] = []
-
-    def make() -> Runner:
-        runner = Runner(tmp_path / f"runner{len(made) + 1}")
-        made.append(runner)
-        return runner
-
-    yield make
-    for runner in made:
-        runner.close()
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with running_registry(tmp_path_factory.mktemp("cache-registry")) as running:
-        yield running
-
-
 @pytest.fixture
 def context(tmp_path: Path) -> Path:
     return make_context(tmp_path / "ctx", DOCKERFILE, {"hello.txt": "hi"})
@@ -98,44 +59,11 @@ def context(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No credentials or remote from the developer's environment; retries with short waits."""
-    config = tmp_path / "docker-config"
-    config.mkdir()
-    monkeypatch.setenv("DOCKER_CONFIG", str(config))
-    for name in (
-        "MEMOBUILD_REGISTRY_USER",
-        "MEMOBUILD_REGISTRY_PASSWORD",
-        "MEMOBUILD_REGISTRY_TOKEN",
-        "MEMOBUILD_REGISTRY_HOST",
-        "MEMOBUILD_REGISTRY_CA",
-        "MEMOBUILD_REMOTE_URL",
-        "MEMOBUILD_REMOTE_TOKEN",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    clear_registry_environment(
+        tmp_path, monkeypatch, also=("MEMOBUILD_REMOTE_URL", "MEMOBUILD_REMOTE_TOKEN")
+    )
     monkeypatch.setenv("MEMOBUILD_RETRY_INITIAL", "0.01")
     monkeypatch.setenv("MEMOBUILD_RETRY_CAP", "0.1")
-
-
-@pytest.fixture
-def logs() -> Iterator[list[tuple[str, str]]]:
-    """Every log record (level, message) while the test runs."""
-    records: list[tuple[str, str]] = []
-    sink = logger.add(
-        lambda m: records.append((m.record["level"].name, m.record["message"])), level="DEBUG"
-    )
-    yield records
-    logger.remove(sink)
-
-
-def warnings_in(records: list[tuple[str, str]]) -> list[str]:
-    return [message for level, message in records if level == "WARNING"]
-
-
-def of(events: list[ev.BuildEvent], kind: type) -> list[Any]:
-    return [e for e in events if isinstance(e, kind)]
-
-
-def statuses(result: BuildResult) -> list[tuple[str, str | None]]:
-    return [(s.status, s.tier) for s in result.steps]
 
 
 def cache_manifest(host: str, ref: str) -> dict[str, Any]:

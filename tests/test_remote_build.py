@@ -26,18 +26,17 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from busybox_image import BusyboxImage, image_tree, make_busybox_image, make_context
+from build_runner import Runner, of, statuses, warnings_in
+from busybox_image import image_tree, make_context
 from flaky_proxy import Faults, FlakyProxy
 from memobuild.build import events as ev
 from memobuild.build.executor import BuildResult, build
 from memobuild.build.metrics import MetricsLog
 from memobuild.cache.options import CacheOption, parse_cache_option
 from memobuild.cache.remote import RemoteCache
-from memobuild.cache.store import LocalStore
 from memobuild.commands.options import format_size
 from memobuild.commands.progress import PlainProgress, TtyProgress
 from memobuild.errors import BuildStepError, InputError
-from memobuild.logging import logger
 from memobuild.retry import RetryPolicy
 from server_fixture import RunningServer, free_port, run_server
 
@@ -59,39 +58,6 @@ STEPS = 6
 RUN_NOISE = 4  # the step number of the RUN that writes noise.bin
 
 
-class Runner:
-    """One CI runner: its own cache dir with the base image in it."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.cache_dir = root / "cache"
-        self.store = LocalStore(self.cache_dir)
-        self.base: BusyboxImage = make_busybox_image(root / "base", self.store)
-
-    def build(self, context: Path, **options: Any) -> tuple[BuildResult, list[ev.BuildEvent]]:
-        events: list[ev.BuildEvent] = []
-        result = build(context, store=self.store, on_event=events.append, **options)
-        return result, events
-
-    def close(self) -> None:
-        self.store.close()
-
-
-@pytest.fixture
-def new_runner(tmp_path: Path) -> Iterator[Callable[[], Runner]]:
-    """Makes runners (runner1, runner2, ...) and closes their stores after the test."""
-    made: list[Runner] = []
-
-    def make() -> Runner:
-        runner = Runner(tmp_path / f"runner{len(made) + 1}")
-        made.append(runner)
-        return runner
-
-    yield make
-    for runner in made:
-        runner.close()
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RunningServer]:
     with run_server(tmp_path / "server") as running:
@@ -103,17 +69,6 @@ def context(tmp_path: Path) -> Path:
     return make_context(tmp_path / "ctx", DOCKERFILE, {"hello.txt": "hi"})
 
 
-@pytest.fixture
-def logs() -> Iterator[list[tuple[str, str]]]:
-    """Every log record (level, message) while the test runs."""
-    records: list[tuple[str, str]] = []
-    sink = logger.add(
-        lambda m: records.append((m.record["level"].name, m.record["message"])), level="DEBUG"
-    )
-    yield records
-    logger.remove(sink)
-
-
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries as the defaults make them, only with shorter waits (and no remote from the
@@ -122,18 +77,6 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEMOBUILD_RETRY_CAP", "0.1")
     monkeypatch.delenv("MEMOBUILD_REMOTE_URL", raising=False)
     monkeypatch.delenv("MEMOBUILD_REMOTE_TOKEN", raising=False)
-
-
-def warnings_in(records: list[tuple[str, str]]) -> list[str]:
-    return [message for level, message in records if level == "WARNING"]
-
-
-def of(events: list[ev.BuildEvent], kind: type) -> list[Any]:
-    return [e for e in events if isinstance(e, kind)]
-
-
-def statuses(result: BuildResult) -> list[tuple[str, str | None]]:
-    return [(s.status, s.tier) for s in result.steps]
 
 
 def plain(events: list[ev.BuildEvent]) -> list[str]:

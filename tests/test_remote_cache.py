@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from build_runner import warnings_in
 from flaky_proxy import Faults, FlakyProxy
 from memobuild.cache.entries import ActionEntry, LayerRef
 from memobuild.cache.hybrid import HybridCache, UploadReport
@@ -40,7 +41,6 @@ from memobuild.cache.remote_events import (
 )
 from memobuild.cache.store import LocalStore
 from memobuild.errors import CASIntegrityError, InputError
-from memobuild.logging import logger
 from memobuild.retry import RetryPolicy
 from memobuild.verify import digest_bytes
 from server_fixture import RunningServer, free_port, run_server
@@ -113,21 +113,6 @@ def stored_run(runner: Runner, tmp: Path) -> list[ActionEntry]:
     for entry in entries:
         runner.cache.put_action(entry)
     return entries
-
-
-@pytest.fixture
-def logs() -> Iterator[list[tuple[str, str]]]:
-    """Every log record (level, message) while the test runs, DEBUG included."""
-    records: list[tuple[str, str]] = []
-    sink = logger.add(
-        lambda m: records.append((m.record["level"].name, m.record["message"])), level="DEBUG"
-    )
-    yield records
-    logger.remove(sink)
-
-
-def warnings_in(records: list[tuple[str, str]]) -> list[str]:
-    return [message for level, message in records if level == "WARNING"]
 
 
 @pytest.fixture
