@@ -27,7 +27,7 @@ import pytest
 from rich.console import Console
 
 from build_runner import Runner, of, statuses, warnings_in
-from busybox_image import image_tree, make_context
+from busybox_image import image_tree, make_context, scratch_entries
 from flaky_proxy import Faults, FlakyProxy
 from memobuild.build import events as ev
 from memobuild.build.executor import BuildResult, build
@@ -245,6 +245,7 @@ def test_a_blob_corrupted_on_the_server_is_detected_and_the_step_rebuilt(
     # The corrupt bytes never reached runner 2's store, under any name; what it has verifies.
     assert not any(p.name == corrupt for p in blob_files(second.cache_dir))
     assert_blobs_verify(second.cache_dir)
+    assert not scratch_entries(second.cache_dir)  # the build's scratch, removed in the background
     assert not [p for p in (second.cache_dir / "tmp").rglob("*") if p.is_file()]
     # The rebuilt step made its own noise, so runner 2's image has its own layer there.
     assert rebuilt.steps[RUN_NOISE - 1].layers[0].digest != layer.digest
