@@ -612,11 +612,12 @@ def open_fds() -> int:
 
 
 def fds_settle_at(expected: int, timeout: float = 5.0) -> bool:
-    """Whether the open descriptors come back to ``expected`` within ``timeout``: the in-process
-    FlakyProxy closes its relayed sockets on its own threads, a moment after the client does,
-    while a leaked file stays open for good."""
+    """Whether the open descriptors come back to at most ``expected`` within ``timeout``: the
+    in-process FlakyProxy closes its relayed sockets on its own threads, a moment after the
+    client does (and an earlier test's background threads may close theirs meanwhile, so the
+    count can end lower), while a leaked file stays open for good."""
     deadline = time.monotonic() + timeout
-    while open_fds() != expected:
+    while open_fds() > expected:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
